@@ -1,0 +1,6 @@
+"""Experiments: toy simulators, measurement, sweeps, plots and the command line.
+
+Imports :mod:`theory`, never the reverse.
+"""
+
+__version__ = "0.1.0"

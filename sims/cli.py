@@ -1,0 +1,466 @@
+"""The ``loraplus-lab`` command.
+
+``loraplus-lab sweep``   width sweep of the toy, measured slopes beside the exponent calculus;
+``loraplus-lab theory``  predicted exponents and regime of a parametrization, or phase diagrams.
+
+Bad input gets one line on stderr and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NoReturn
+
+import sims
+from sims.params import INITS, PRESETS, Parametrization, parse_exponent, preset
+
+PROG = "loraplus-lab"
+OPTIMIZER_CHOICES = ("gd", "signgd", "adam", "adamw")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+# ----------------------------------------------------------------------------- parsing helpers
+def _power(token: str) -> int:
+    t = token.strip()
+    m = re.fullmatch(r"2\^(\d+)", t)
+    if m:
+        return 2 ** int(m.group(1))
+    if re.fullmatch(r"[+-]?\d+", t):
+        return int(t)
+    raise UsageError(f"bad width {token!r}: use integers such as 64 or powers such as 2^6")
+
+
+def parse_widths(text: str) -> list[int]:
+    """``"64,128,256"``, ``"2^6,2^8"`` or a doubling range ``"2^6..2^14"``."""
+    if ".." in text:
+        lo_s, _, hi_s = text.partition("..")
+        lo, hi = _power(lo_s), _power(hi_s)
+        if lo < 1 or hi < lo:
+            raise UsageError(f"bad width range {text!r}: need 1 <= start <= end")
+        out, w = [], lo
+        while w <= hi:
+            out.append(w)
+            w *= 2
+    else:
+        out = [_power(t) for t in text.split(",") if t.strip()]
+    if not out:
+        raise UsageError(f"no width in {text!r}")
+    for w in out:
+        if w < 1:
+            raise UsageError(f"width must be positive, got {w}")
+    if len(set(out)) != len(out):
+        raise UsageError(f"repeated width in {text!r}")
+    return sorted(out)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"8"`` (seeds 0..7), ``"0,3,5"`` or ``"10..17"``."""
+    t = text.strip()
+    try:
+        if ".." in t:
+            a, _, b = t.partition("..")
+            seeds = list(range(int(a), int(b) + 1))
+        elif "," in t:
+            seeds = [int(s) for s in t.split(",") if s.strip()]
+        else:
+            k = int(t)
+            if k < 1:
+                raise UsageError(f"the number of seeds must be positive, got {text!r}")
+            seeds = list(range(k))
+    except ValueError as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"seeds must be integers such as 8, 0,1,2 or 0..7, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise UsageError(f"seeds must be non-negative integers, got {text!r}")
+    return seeds
+
+
+def _positive_float(name: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a positive number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise UsageError(f"{name} must be a positive number, got {text!r}")
+    return v
+
+
+def _exponent(name: str, text: str) -> Fraction:
+    try:
+        return parse_exponent(name, text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a positive integer, got {text!r}") from None
+    if v < 1:
+        raise UsageError(f"{name} must be a positive integer, got {text!r}")
+    return v
+
+
+def check_output_dir(path: Path) -> Path:
+    """Refuse an output folder that cannot be written, before any work is done."""
+    p = path.expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"output folder {str(path)!r} is a file")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder {str(path)!r} is not writable")
+    return p
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import pandas
+    import scipy
+    import torch
+
+    return {
+        "loraplus-lab": sims.__version__,
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pandas.__version__,
+        "torch": torch.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- sweep
+def _sweep_parametrizations(args: argparse.Namespace) -> list[Parametrization]:
+    eta = _positive_float("--eta", args.eta)
+    eta_b = eta if args.eta_b is None else _positive_float("--eta-b", args.eta_b)
+    n0 = _positive_int("--n0", args.n0)
+    names = [s.strip() for s in args.presets.split(",") if s.strip()] if args.presets else []
+    for name in names:
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"repeated preset in {args.presets!r}")
+    params = [
+        preset(name, eta=eta, eta_b=eta_b, n0=n0, init=args.init, alpha=args.alpha)
+        for name in names
+    ]
+    if (args.c_a is None) != (args.c_b is None):
+        raise UsageError("--c-a and --c-b go together")
+    if args.c_a is not None:
+        c_a, c_b = _exponent("--c-a", args.c_a), _exponent("--c-b", args.c_b)
+        params.append(
+            Parametrization(
+                name=f"c_A={c_a},c_B={c_b}",
+                eta_a=eta,
+                eta_b=eta_b,
+                c_a=c_a,
+                c_b=c_b,
+                n0=n0,
+                init=args.init,
+                alpha=args.alpha,
+            )
+        )
+    if not params:
+        raise UsageError("nothing to run: give --presets and/or --c-a/--c-b")
+    return params
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a width sweep, print the slope table and write results, config and the figure."""
+    from sims import measure
+    from sims.toy import simulate_batch
+
+    widths = parse_widths(args.widths)
+    if len(widths) < 2:
+        raise UsageError("a sweep needs at least two widths to measure a slope")
+    seeds = parse_seeds(args.seeds)
+    steps = _positive_int("--steps", args.steps)
+    params = _sweep_parametrizations(args)
+    eps = float(args.eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise UsageError(f"--eps must be a non-negative number, got {args.eps!r}")
+    wd = float(args.weight_decay)
+    if not math.isfinite(wd) or wd < 0:
+        raise UsageError(f"--weight-decay must be non-negative, got {args.weight_decay!r}")
+    out = check_output_dir(Path(args.out))
+
+    t0 = time.perf_counter()
+    df = simulate_batch(
+        widths,
+        params,
+        seeds,
+        steps=steps,
+        optimizer=args.optimizer,
+        eps=eps,
+        weight_decay=wd,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    quantities = ["delta1", "delta2", "delta3", "za_mean_abs", "norm_b"]
+    fits = measure.fit_slopes(df[df["step"] >= 1], quantities)
+    preds = measure.predicted_exponents(params, args.optimizer, steps, quantities)
+    table = measure.compare(fits, preds)
+    elapsed = time.perf_counter() - t0
+
+    config = dict(df.attrs["config"])
+    config["versions"] = _versions()
+    config["command"] = " ".join([PROG, *sys.argv[1:]]) if sys.argv else PROG
+    files = {
+        "results": out / "sweep.csv",
+        "slopes": out / "slopes.csv",
+        "config": out / "config.json",
+    }
+    _atomic_write(files["results"], lambda p: df.to_csv(p, index=False))
+    _atomic_write(files["slopes"], lambda p: table.to_csv(p, index=False))
+    _atomic_write(files["config"], lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    if not args.no_plot:
+        from sims.plots import plot_delta_coordcheck
+
+        fig = plot_delta_coordcheck(
+            df,
+            title=(
+                f"Toy ({config['problem']}), {args.optimizer}, Init[{args.init}], "
+                f"η̃={args.eta} at n0={args.n0}, {len(seeds)} seeds"
+            ),
+        )
+        files["figure"] = out / "deltas.png"
+        _atomic_write(files["figure"], lambda p: fig.savefig(p, dpi=110, format="png"))
+
+    regimes = {p.name: preds.loc[preds["param"] == p.name, "regime"].iloc[0] for p in params}
+    if args.json:
+        rows = table.replace({float("nan"): None}).to_dict(orient="records")
+        payload = {
+            "config": config,
+            "regimes": regimes,
+            "table": rows,
+            "files": {k: str(v) for k, v in files.items()},
+            "seconds": round(elapsed, 3),
+        }
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(format_table(table, regimes))
+        n_div = int(df.loc[df["diverged"], ["param", "seed", "width"]].drop_duplicates().shape[0])
+        print(
+            f"\n{len(widths)} widths × {len(params)} parametrizations × {len(seeds)} seeds × "
+            f"{steps} steps in {elapsed:.1f} s; {n_div} diverged runs left out of the fits."
+        )
+        print("wrote " + ", ".join(str(v) for v in files.values()))
+    return 0
+
+
+def format_table(table, regimes: dict[str, str]) -> str:
+    """The sweep's table: parametrization × quantity × step, prediction, measured slope, verdict."""
+    names = {
+        "delta1": "δ¹",
+        "delta2": "δ²",
+        "delta3": "δ³",
+        "za_mean_abs": "Z_A",
+        "norm_b": "‖B‖",
+    }
+    lines = []
+    header = (
+        f"{'param':<12} {'quantity':<8} {'t':>2}  {'predicted':>9}  "
+        f"{'measured slope [95% CI]':<27} verdict"
+    )
+    for p, g in table.groupby("param", sort=False):
+        lines.append(f"{p}: {regimes.get(p, '')}")
+        lines.append(header)
+        for r in g.itertuples():
+            if r.zero:
+                meas = "exactly 0"
+            elif math.isfinite(r.slope):
+                ci = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if math.isfinite(r.ci_low) else ""
+                meas = f"{r.slope:+.2f}{ci}"
+            else:
+                meas = "n/a"
+            lines.append(
+                f"{p:<12} {names.get(r.quantity, r.quantity):<8} {r.step:>2}  "
+                f"{r.predicted_label:>9}  {meas:<27} {r.verdict}"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+# ----------------------------------------------------------------------------- theory
+def cmd_theory(args: argparse.Namespace) -> int:
+    """Print predicted exponents and the regime, or draw phase diagrams."""
+    from theory import gamma
+
+    steps = _positive_int("--steps", args.steps)
+    c_a = _exponent("--c-a", args.c_a)
+    c_b = _exponent("--c-b", args.c_b)
+    opt = "adam" if args.optimizer == "adamw" else args.optimizer
+    if args.phase:
+        out = check_output_dir(Path(args.out))
+        from sims.plots import plot_phase_diagrams
+
+        grid = [Fraction(k, 8) for k in range(-24, 9)]
+        diagrams, titles = [], []
+        for init in INITS:
+            for o in ("gd", "signgd", "adam"):
+                diagrams.append(gamma.phase_diagram(init, o, grid, grid, steps))
+                titles.append(f"Init[{init}], {o}")
+        fig = plot_phase_diagrams(
+            diagrams,
+            titles,
+            mark=(float(c_a), float(c_b)),
+            suptitle=f"Regimes of the rank-1 toy over {steps} steps (exponent calculus)",
+        )
+        path = out / "phase_diagram.png"
+        _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+        print(f"wrote {path}")
+        return 0
+    pred = gamma.predict(args.init, opt, c_a, c_b, steps)
+    if args.json:
+        payload = {
+            "init": args.init,
+            "optimizer": args.optimizer,
+            "c_a": str(c_a),
+            "c_b": str(c_b),
+            "steps": steps,
+            "regime": {
+                "label": pred.regime.label,
+                "stable": pred.regime.stable,
+                "output_stable": pred.regime.output_stable,
+                "internal_instability": pred.regime.internal_instability,
+                "efficient": pred.regime.efficient,
+                "undertrained": list(pred.regime.undertrained),
+                "description": pred.regime.description,
+            },
+            "exponents": [{**r, "exponent": str(r["exponent"])} for r in pred.rows()],
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(
+        f"Init[{args.init}], {args.optimizer}, η_A ∝ n^({c_a}), η_B ∝ n^({c_b}): "
+        f"exponents γ (v = Θ(n^γ); 'zero' = exactly 0)"
+    )
+    print(pred.table())
+    print(f"\nregime: {pred.regime.label} — {pred.regime.description}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``loraplus-lab`` and its subcommands."""
+    parser = _Parser(
+        prog=PROG,
+        description="Theory and simulation toolkit for LoRA+ (Hayou, Ghosh, Yu, ICML 2024).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sims.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="width sweep of the toy: measured slopes beside the exponent calculus",
+        description=(
+            "Simulate the LoRA+ paper's toy across widths for several parametrizations and "
+            "seeds, fit log-log slopes of the feature updates δ¹, δ², δ³ (and Z_A, ‖B‖) with "
+            "bootstrap CIs, and compare them with the exponents the calculus predicts. "
+            "Defaults: Adam, Init[A], widths 2^6..2^14, LoRA (η_A = η_B ∝ 1/n) against LoRA+ "
+            "(η_A ∝ 1/n, η_B fixed) at the same base rate."
+        ),
+    )
+    sw.add_argument("--widths", default="2^6..2^14", help="e.g. 64,128,256 or 2^6..2^14")
+    sw.add_argument("--seeds", default="8", help="a count (8), a list (0,3,5) or a range (0..7)")
+    sw.add_argument("--steps", default="4", help="optimizer steps (default 4)")
+    sw.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="adam")
+    sw.add_argument("--init", choices=INITS, default="A", help="Init[A] (B0 = 0) or Init[B]")
+    sw.add_argument("--eta", default="0.01", help="base rate η̃_A (and η̃_B) at width n0")
+    sw.add_argument("--eta-b", default=None, help="base rate η̃_B if different from --eta")
+    sw.add_argument("--n0", default="64", help="base width n0 of the rate rule")
+    sw.add_argument(
+        "--presets",
+        default="lora,loraplus",
+        help=f"comma list from {', '.join(PRESETS)}; '' for none",
+    )
+    sw.add_argument("--c-a", default=None, help="add a parametrization with this c_A (e.g. -1/2)")
+    sw.add_argument("--c-b", default=None, help="... and this c_B")
+    sw.add_argument("--alpha", type=float, default=1.0, help="LoRA alpha (s = alpha/r)")
+    sw.add_argument("--eps", default="1e-8", help="Adam epsilon")
+    sw.add_argument("--weight-decay", default="0", help="weight decay")
+    sw.add_argument("--out", default="results/sweep", help="output folder")
+    sw.add_argument("--json", action="store_true", help="print the table as JSON")
+    sw.add_argument("--no-plot", action="store_true", help="skip the figure")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
+    th = sub.add_parser(
+        "theory",
+        help="predicted exponents and regime of a parametrization; --phase for phase diagrams",
+        description=(
+            "Exponent calculus of the rank-1 toy: γ of z (Z_A), b, U, f, Z_B, δ¹, δ², δ³ at "
+            "each step for η_A ∝ n^c_A, η_B ∝ n^c_B, and the regime (stable, efficient, "
+            "which factor under-trains, internal instability)."
+        ),
+    )
+    th.add_argument("--init", choices=INITS, default="A")
+    th.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="adam")
+    th.add_argument("--c-a", default="-1", help="exponent of η_A (e.g. -1, -0.5, -1/2)")
+    th.add_argument("--c-b", default="0", help="exponent of η_B")
+    th.add_argument("--steps", default="4", help="steps to propagate (default 4)")
+    th.add_argument("--phase", action="store_true", help="draw phase diagrams over (c_A, c_B)")
+    th.add_argument("--out", default="results/theory", help="output folder for --phase")
+    th.add_argument("--json", action="store_true", help="print as JSON")
+    th.set_defaults(func=cmd_theory)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``loraplus-lab`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        sys.stderr.write(f"{PROG}: error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+
+
+def _entry() -> Any:  # pragma: no cover - python -m sims.cli
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _entry()

@@ -1,0 +1,169 @@
+"""Figures, each a function of a tidy DataFrame (or of the calculus's phase diagram).
+
+Collection and plotting meet only in DataFrames: nothing here runs a simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from theory.gamma import REGIME_LABELS, PhaseDiagram  # noqa: E402
+
+DELTA_NAMES = {"delta1": "δ¹ (A moves)", "delta2": "δ² (B moves)", "delta3": "δ³ (cross)"}
+PALETTE = sns.color_palette("colorblind")
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D"]
+
+
+def plot_delta_coordcheck(
+    df: pd.DataFrame,
+    *,
+    quantities: Sequence[str] = ("delta1", "delta2", "delta3"),
+    title: str | None = None,
+) -> Figure:
+    """δ magnitudes against width, one panel per step, as a coordinate check looks.
+
+    ``df`` is the tidy output of :func:`sims.toy.simulate_batch`. Each line is the mean over
+    seeds of one ``|δ^k|`` (colour) under one parametrization (line style); the band is ± one
+    standard error over seeds. Diverged rows are left out; a quantity that is exactly zero at a
+    step is named in the panel instead of drawn (a log axis has no zero).
+    """
+    d = df[(df["step"] >= 1) & ~df["diverged"]]
+    steps = sorted(d["step"].unique())
+    params = list(dict.fromkeys(df["param"]))
+    ncol = min(len(steps), 4)
+    nrow = int(np.ceil(len(steps) / ncol))
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.4 * ncol, 3.0 * nrow + 0.6), squeeze=False, sharex=True
+    )
+    for ax in axes.flat[len(steps) :]:
+        ax.set_visible(False)
+    for ax, t in zip(axes.flat, steps, strict=False):
+        dt = d[d["step"] == t]
+        zero_notes = []
+        for qi, q in enumerate(quantities):
+            for pi, p in enumerate(params):
+                g = dt[dt["param"] == p].groupby("width")[q]
+                mean, se = g.mean(), g.sem().fillna(0.0)
+                if len(mean) and (mean == 0).all():
+                    zero_notes.append(f"{DELTA_NAMES.get(q, q).split()[0]} ≡ 0 ({p})")
+                    continue
+                mean = mean[mean > 0]
+                if mean.empty:
+                    continue
+                se = se.reindex(mean.index)
+                ax.plot(
+                    mean.index,
+                    mean.values,
+                    LINESTYLES[pi % len(LINESTYLES)],
+                    marker=MARKERS[pi % len(MARKERS)],
+                    ms=3,
+                    color=PALETTE[qi],
+                )
+                lo = np.clip(mean - se, mean * 0.05, None)
+                ax.fill_between(mean.index, lo, mean + se, color=PALETTE[qi], alpha=0.15, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_title(f"step t = {t}")
+        ax.set_xlabel("width n")
+        if zero_notes:
+            ax.text(
+                0.02, 0.02, "\n".join(zero_notes), transform=ax.transAxes, fontsize=7, va="bottom"
+            )
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean |δ| over seeds")
+    handles = [
+        plt.Line2D([], [], color=PALETTE[i], label=DELTA_NAMES.get(q, q))
+        for i, q in enumerate(quantities)
+    ] + [
+        plt.Line2D(
+            [],
+            [],
+            color="0.3",
+            ls=LINESTYLES[i % len(LINESTYLES)],
+            marker=MARKERS[i % len(MARKERS)],
+            ms=3,
+            label=p,
+        )
+        for i, p in enumerate(params)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+REGIME_COLORS = dict(
+    zip(
+        REGIME_LABELS,
+        ["#d9d9d9", "#fdb863", "#b2abd2", "#80cdc1", "#92c5de", "#1a9850"],
+        strict=False,
+    )
+)
+
+
+def plot_phase_diagrams(
+    diagrams: Sequence[PhaseDiagram],
+    titles: Sequence[str],
+    *,
+    mark: tuple[float, float] | None = None,
+    suptitle: str | None = None,
+) -> Figure:
+    """Regimes of the exponent calculus over the ``(c_A, c_B)`` plane, one panel per diagram.
+
+    The dashed diagonal is plain LoRA (``c_A = c_B``); the star is LoRA+ (``c_A = −1, c_B = 0``);
+    ``mark`` adds a cross at a user's point.
+    """
+    n = len(diagrams)
+    ncol = min(n, 3)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.4 * nrow + 0.8), squeeze=False)
+    cmap = ListedColormap([REGIME_COLORS[k] for k in REGIME_LABELS])
+    code = {k: i for i, k in enumerate(REGIME_LABELS)}
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, pd_, title in zip(axes.flat, diagrams, titles, strict=False):
+        grid = np.vectorize(code.__getitem__)(pd_.labels)
+        ca, cb = np.asarray(pd_.c_a, float), np.asarray(pd_.c_b, float)
+        ax.pcolormesh(
+            _edges(ca), _edges(cb), grid, cmap=cmap, vmin=-0.5, vmax=len(REGIME_LABELS) - 0.5
+        )
+        lo, hi = max(ca.min(), cb.min()), min(ca.max(), cb.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.plot([-1], [0], marker="*", color="k", ms=12, mec="w")
+        if mark is not None:
+            ax.plot([mark[0]], [mark[1]], marker="X", color="#d62728", ms=9, mec="w")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("c_A  (η_A ∝ n^c_A)")
+        ax.set_ylabel("c_B  (η_B ∝ n^c_B)")
+    handles = [Patch(color=REGIME_COLORS[k], label=k) for k in REGIME_LABELS]
+    handles += [
+        plt.Line2D([], [], color="k", ls="--", label="LoRA: c_A = c_B"),
+        plt.Line2D([], [], color="k", marker="*", ls="", ms=10, label="LoRA+: (−1, 0)"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def _edges(c: np.ndarray) -> np.ndarray:
+    """Cell edges for pcolormesh from cell centres."""
+    if c.size == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])

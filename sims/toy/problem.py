@@ -1,0 +1,240 @@
+"""Toy LoRA finetuning problems: the paper's rank-1 single-sample toy and its generalisation.
+
+A problem is the data ``X ∈ R^{N×n}``, targets ``y ∈ R^{N×m}``, the frozen ``W* ∈ R^{m×n}``, the
+initial factors ``A0 ∈ R^{r×n}``, ``B0 ∈ R^{m×r}`` and the LoRA multiplier ``s``. The model is
+``f(x) = (W* + s·B·A) x`` and the loss ``(1/N) Σ_i ½‖f(x_i) − y_i‖²``.
+
+Random draws are nested across widths: every row of ``X``, ``A0``, ``W*`` comes from its own
+stream seeded by ``(seed, stream, row)``, so the width-``n`` problem holds the first ``n``
+coordinates of the width-``2n`` one. Width-to-width noise then shrinks, and slopes against width
+are measured on common random numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sims.params import check_init, lora_scale
+
+if TYPE_CHECKING:
+    from theory.reduced import ReducedToy
+
+# stream identifiers for np.random.default_rng([seed, stream, row])
+_X, _A, _B, _W, _TEACHER_U, _TEACHER_V, _TARGET, _NOISE = range(8)
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _normal_rows(seed: int, stream: int, rows: int, n: int) -> np.ndarray:
+    """``rows × n`` standard normals; row ``i`` is a prefix-stable stream ``(seed, stream, i)``."""
+    out = np.empty((rows, n))
+    for i in range(rows):
+        out[i] = np.random.default_rng([seed, stream, i]).standard_normal(n)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class ToyProblem:
+    """One toy finetuning problem (all arrays float64, read-only).
+
+    Attributes:
+        X: inputs, shape ``(N, n)``.
+        y: targets, shape ``(N, m)``.
+        W_star: frozen weight, shape ``(m, n)``.
+        A0: initial ``A``, shape ``(r, n)``.
+        B0: initial ``B``, shape ``(m, r)``.
+        scale: the LoRA multiplier ``s`` (``α/r`` or ``α/√r``).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    W_star: np.ndarray
+    A0: np.ndarray
+    B0: np.ndarray
+    scale: float = 1.0
+
+    @classmethod
+    def from_arrays(
+        cls,
+        X: np.ndarray,
+        y: np.ndarray,
+        W_star: np.ndarray,
+        A0: np.ndarray,
+        B0: np.ndarray,
+        scale: float = 1.0,
+    ) -> ToyProblem:
+        """A problem from arrays X (N,n), y (N,m), W* (m,n), A0 (r,n), B0 (m,r), shapes checked.
+
+        Use it to replay a state you care about. Raises ``ValueError`` naming the first
+        inconsistent shape or non-finite value.
+        """
+        arrays = {}
+        for name, arr in (("X", X), ("y", y), ("W_star", W_star), ("A0", A0), ("B0", B0)):
+            a = np.array(arr, dtype=np.float64, copy=True)
+            if a.ndim != 2:
+                raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name} holds non-finite values")
+            a.setflags(write=False)
+            arrays[name] = a
+        N, n = arrays["X"].shape
+        r = arrays["A0"].shape[0]
+        m = arrays["W_star"].shape[0]
+        expected = {"X": (N, n), "y": (N, m), "W_star": (m, n), "A0": (r, n), "B0": (m, r)}
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ValueError(
+                    f"{name} has shape {arrays[name].shape}, expected {shape} "
+                    f"(N={N} samples, width n={n}, m={m} outputs, rank r={r})"
+                )
+        if min(N, n, m, r) < 1:
+            raise ValueError(f"empty dimension: N={N}, n={n}, m={m}, r={r}")
+        if r > n:
+            raise ValueError(f"rank r={r} is above the width n={n}")
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"scale must be a positive number, got {scale!r}") from None
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        return cls(scale=scale, **arrays)
+
+    @classmethod
+    def paper(
+        cls,
+        width: int,
+        seed: int,
+        *,
+        init: str = "A",
+        alpha: float = 1.0,
+        sigma_b: float = 1.0,
+    ) -> ToyProblem:
+        """The LoRA+ paper's toy (its §3): ``m = r = N = 1``, one sample with Θ(1) coordinates.
+
+        ``x ~ N(0, I_n)``, ``W* ~ N(0, 1/n)``, target ``y = W*x + ζ`` with a width-independent
+        shift ``|ζ| ∈ [0.5, 1.5]`` of random sign, so the initial residual ``U_0 = −ζ`` is Θ(1).
+        Init[A]: ``A0 ~ N(0, 1/n)``, ``B0 = 0``; Init[B]: ``A0 = 0``, ``B0 ~ N(0, σ_B²)``.
+        """
+        width = _check_positive_int("width", width)
+        seed = _check_seed(seed)
+        check_init(init)
+        x = _normal_rows(seed, _X, 1, width)
+        W = _normal_rows(seed, _W, 1, width) / math.sqrt(width)
+        t = np.random.default_rng([seed, _TARGET]).uniform(0.5, 1.5, size=2)
+        zeta = t[0] * (1.0 if t[1] > 1.0 else -1.0)
+        y = W @ x.T + zeta
+        A0, B0 = _init_factors(seed, init, 1, 1, width, sigma_b)
+        return cls.from_arrays(x, y, W, A0, B0, scale=lora_scale(alpha, 1))
+
+    @classmethod
+    def general(
+        cls,
+        width: int,
+        seed: int,
+        *,
+        rank: int = 1,
+        outputs: int | str = 1,
+        samples: int = 1,
+        init: str = "A",
+        alpha: float = 1.0,
+        alpha_rule: str = "lora",
+        shift: float = 1.0,
+        noise: float = 0.0,
+        sigma_b: float = 1.0,
+    ) -> ToyProblem:
+        """The generalised toy: rank ``r``, ``m`` outputs (an int, or ``"n"``: m = n), N samples.
+
+        Targets come from a teacher with a Θ(1) low-rank shift:
+        ``y_i = W* x_i + shift · u (vᵀ x_i)/√n + noise · ξ_i`` with ``u ~ N(0, I_m)``,
+        ``v ~ N(0, I_n)``, ``ξ_i ~ N(0, I_m)``.
+        """
+        width = _check_positive_int("width", width)
+        seed = _check_seed(seed)
+        rank = _check_positive_int("rank", rank)
+        samples = _check_positive_int("samples", samples)
+        check_init(init)
+        if outputs == "n":
+            m = width
+        else:
+            m = _check_positive_int("outputs", outputs)
+        if rank > width:
+            raise ValueError(f"rank r={rank} is above the width n={width}")
+        for name, v in (("shift", shift), ("noise", noise)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+        X = _normal_rows(seed, _X, samples, width)
+        W = _normal_rows(seed, _W, m, width) / math.sqrt(width)
+        u = np.random.default_rng([seed, _TEACHER_U]).standard_normal(m)
+        v = _normal_rows(seed, _TEACHER_V, 1, width)[0]
+        y = X @ W.T + shift * np.outer(X @ v / math.sqrt(width), u)
+        if noise > 0:
+            y = y + noise * np.random.default_rng([seed, _NOISE]).standard_normal((samples, m))
+        A0, B0 = _init_factors(seed, init, rank, m, width, sigma_b)
+        return cls.from_arrays(X, y, W, A0, B0, scale=lora_scale(alpha, rank, alpha_rule))
+
+    @property
+    def width(self) -> int:
+        """``n``."""
+        return self.X.shape[1]
+
+    @property
+    def samples(self) -> int:
+        """``N``."""
+        return self.X.shape[0]
+
+    @property
+    def outputs(self) -> int:
+        """``m``."""
+        return self.W_star.shape[0]
+
+    @property
+    def rank(self) -> int:
+        """``r``."""
+        return self.A0.shape[0]
+
+    def residual0(self) -> np.ndarray:
+        """``y − W* x`` per sample, shape ``(N, m)``: what ``Z_B`` has to fit."""
+        return self.y - self.X @ self.W_star.T
+
+    def reduced(self) -> ReducedToy:
+        """The exact 2-D reduction ``(z, b)`` of a rank-1 single-sample single-output problem."""
+        if (self.samples, self.outputs, self.rank) != (1, 1, 1):
+            raise ValueError(
+                "the reduced dynamics need N = m = r = 1, got "
+                f"N={self.samples}, m={self.outputs}, r={self.rank}"
+            )
+        from theory.reduced import CoordStats, ReducedToy
+
+        x = self.X[0]
+        return ReducedToy(
+            z0=float(self.A0[0] @ x),
+            b0=float(self.B0[0, 0]),
+            e=float(-self.residual0()[0, 0]),
+            scale=self.scale,
+            coords=CoordStats.from_vector(x),
+        )
+
+
+def _init_factors(
+    seed: int, init: str, rank: int, m: int, n: int, sigma_b: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Init[A]: ``A0 ~ N(0, 1/n)``, ``B0 = 0``. Init[B]: ``A0 = 0``, ``B0 ~ N(0, σ_B²)``."""
+    if not (isinstance(sigma_b, (int, float)) and math.isfinite(sigma_b) and sigma_b > 0):
+        raise ValueError(f"sigma_b must be a positive number, got {sigma_b!r}")
+    if init == "A":
+        return _normal_rows(seed, _A, rank, n) / math.sqrt(n), np.zeros((m, rank))
+    return np.zeros((rank, n)), sigma_b * _normal_rows(seed, _B, m, rank)

@@ -1,0 +1,288 @@
+"""Public simulator API: one problem (:func:`simulate`) or widths × parametrizations × seeds
+(:func:`simulate_batch`), returning tidy pandas DataFrames (a row per configuration × seed × step).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from sims.params import Parametrization
+from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, run_batch
+from sims.toy.optim import OptimizerConfig
+from sims.toy.problem import ToyProblem
+
+PROBLEMS: dict[str, Callable[..., ToyProblem]] = {
+    "paper": ToyProblem.paper,
+    "general": ToyProblem.general,
+}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive_rate(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return v
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def _stack(problems: Sequence[ToyProblem], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    def t(arrays: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(arrays)).to(dtype)
+
+    return (
+        t([p.X for p in problems]),
+        t([p.residual0() for p in problems]),
+        t([p.A0 for p in problems]),
+        t([p.B0 for p in problems]),
+    )
+
+
+def simulate(
+    problem: ToyProblem,
+    *,
+    eta_a: float,
+    eta_b: float,
+    steps: int,
+    optimizer: str = "adam",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    dtype: str | torch.dtype = "float64",
+    divergence_bound: float = DEFAULT_DIVERGENCE_BOUND,
+) -> pd.DataFrame:
+    """Train the LoRA factors of one toy problem and record the feature updates at every step.
+
+    Returns a DataFrame with one row per step ``t = 0..steps`` and the columns ``step``, every
+    statistic of :data:`sims.toy.engine.STATS` (``delta1..3`` are the mean of ``|δ¹|``, ``|δ²|``,
+    ``|δ³|`` over samples and outputs, NaN at step 0), ``diverged`` and ``diverged_step``.
+    """
+    if not isinstance(problem, ToyProblem):
+        raise ValueError(f"problem must be a ToyProblem, got {type(problem).__name__}")
+    steps = _positive_int("steps", steps)
+    eta_a = _positive_rate("eta_a", eta_a)
+    eta_b = _positive_rate("eta_b", eta_b)
+    opt = OptimizerConfig(optimizer, betas, eps, weight_decay)
+    dt = _dtype(dtype)
+    X, R, A0, B0 = _stack([problem], dt)
+    res = run_batch(
+        X,
+        R,
+        A0,
+        B0,
+        torch.tensor([problem.scale], dtype=torch.float64),
+        torch.tensor([eta_a], dtype=torch.float64),
+        torch.tensor([eta_b], dtype=torch.float64),
+        steps,
+        opt,
+        divergence_bound=divergence_bound,
+    )
+    df = pd.DataFrame({"step": np.arange(steps + 1)})
+    for k in STATS:
+        df[k] = res[k][:, 0, 0]
+    ds = int(res["diverged_step"][0, 0])
+    df["diverged"] = (ds >= 0) & (df["step"] >= ds)
+    df["diverged_step"] = ds
+    df.attrs["config"] = {
+        "eta_a": eta_a,
+        "eta_b": eta_b,
+        "steps": steps,
+        "optimizer": opt.name,
+        "betas": list(opt.betas),
+        "eps": opt.eps,
+        "weight_decay": opt.weight_decay,
+        "dtype": str(dt).removeprefix("torch."),
+        "width": problem.width,
+        "scale": problem.scale,
+    }
+    return df
+
+
+def simulate_batch(
+    widths: Sequence[int],
+    parametrizations: Sequence[Parametrization],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    problem: str = "paper",
+    problem_options: Mapping[str, Any] | None = None,
+    optimizer: str = "adam",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    dtype: str | torch.dtype = "float64",
+    divergence_bound: float = DEFAULT_DIVERGENCE_BOUND,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Width sweep: every parametrization × seed at every width, vectorised over configurations.
+
+    For each width (and each initialisation among the parametrizations) the problems of all
+    seeds are drawn once and every configuration × seed runs in one batch of tensors; the only
+    Python loops are over widths, initialisations and steps.
+
+    Args:
+        widths: widths ``n`` to simulate.
+        parametrizations: rate rules; ``η_A(n)``, ``η_B(n)``, init and ``s`` come from each.
+        seeds: problem seeds (the problem at seed ``k`` is the same for every parametrization).
+        steps: optimizer steps.
+        problem: ``"paper"`` (rank-1 single-sample toy) or ``"general"``.
+        problem_options: keyword options of the problem constructor (rank, outputs, samples, ...).
+        optimizer, betas, eps, weight_decay: as in :func:`simulate`.
+        dtype: ``"float64"`` (default) or ``"float32"``.
+        divergence_bound: loss above which a configuration counts as diverged.
+        progress: show a progress bar (default: when stderr is a terminal).
+
+    Returns:
+        A tidy DataFrame with one row per width × parametrization × seed × step and the columns
+        ``width, param, init, c_a, c_b, eta_a_base, eta_b_base, eta_a, eta_b, ratio, scale, seed,
+        step``, the statistics of :data:`STATS`, ``diverged`` and ``diverged_step``. The full
+        configuration is in ``df.attrs["config"]``.
+    """
+    widths = [_positive_int("width", w) for w in widths]
+    seeds = list(seeds)
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {s!r}")
+    params = list(parametrizations)
+    if not widths:
+        raise ValueError("widths is empty")
+    if not seeds:
+        raise ValueError("seeds is empty")
+    if not params:
+        raise ValueError("no parametrization given")
+    for p in params:
+        if not isinstance(p, Parametrization):
+            raise ValueError(f"expected a Parametrization, got {p!r}")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"parametrization names must be unique, got {names}")
+    steps = _positive_int("steps", steps)
+    if problem not in PROBLEMS:
+        raise ValueError(f"problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
+    opts = dict(problem_options or {})
+    if problem == "paper" and opts.keys() - {"sigma_b"}:
+        raise ValueError(f"the paper toy takes no option {sorted(opts.keys() - {'sigma_b'})}")
+    opt = OptimizerConfig(optimizer, betas, eps, weight_decay)
+    dt = _dtype(dtype)
+    factory = PROBLEMS[problem]
+    for w in widths:  # fail early, before any work, on a rank above a width
+        rank = int(opts.get("rank", 1))
+        if rank > w:
+            raise ValueError(f"rank r={rank} is above the width n={w}")
+
+    inits = sorted({p.init for p in params})
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = tqdm(
+        total=len(widths) * len(inits) * steps,
+        desc="width sweep",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
+    frames = []
+    try:
+        for width in widths:
+            for init in inits:
+                group = [p for p in params if p.init == init]
+                problems = [factory(width, seed, init=init, **opts) for seed in seeds]
+                rank = problems[0].rank
+                X, R, A0, B0 = _stack(problems, dt)
+                eta_a = torch.tensor([p.rate_a(width) for p in group], dtype=torch.float64)
+                eta_b = torch.tensor([p.rate_b(width) for p in group], dtype=torch.float64)
+                scale = torch.tensor([p.scale(rank) for p in group], dtype=torch.float64)
+                bar.set_postfix(width=width, init=init)
+                res = run_batch(
+                    X,
+                    R,
+                    A0,
+                    B0,
+                    scale,
+                    eta_a,
+                    eta_b,
+                    steps,
+                    opt,
+                    divergence_bound=divergence_bound,
+                    on_step=lambda _t, _state: bar.update(1),
+                )
+                frames.append(_tidy(res, width, group, seeds, steps, rank))
+    finally:
+        bar.close()
+    order = {p.name: i for i, p in enumerate(params)}
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(
+        ["width", "param", "seed", "step"], key=lambda c: c.map(order) if c.name == "param" else c
+    ).reset_index(drop=True)
+    df.attrs["config"] = {
+        "widths": widths,
+        "seeds": seeds,
+        "steps": steps,
+        "problem": problem,
+        "problem_options": opts,
+        "optimizer": opt.name,
+        "betas": list(opt.betas),
+        "eps": opt.eps,
+        "weight_decay": opt.weight_decay,
+        "dtype": str(dt).removeprefix("torch."),
+        "divergence_bound": divergence_bound,
+        "parametrizations": [p.to_dict() for p in params],
+    }
+    return df
+
+
+def _tidy(
+    res: dict[str, np.ndarray],
+    width: int,
+    group: Sequence[Parametrization],
+    seeds: Sequence[int],
+    steps: int,
+    rank: int,
+) -> pd.DataFrame:
+    C, S, T = len(group), len(seeds), steps + 1
+    step, ci, si = np.meshgrid(np.arange(T), np.arange(C), np.arange(S), indexing="ij")
+    step, ci, si = step.ravel(), ci.ravel(), si.ravel()
+    cols: dict[str, Any] = {
+        "width": np.full(step.shape, width),
+        "param": np.array([p.name for p in group], dtype=object)[ci],
+        "init": np.array([p.init for p in group], dtype=object)[ci],
+        "c_a": np.array([str(p.c_a) for p in group], dtype=object)[ci],
+        "c_b": np.array([str(p.c_b) for p in group], dtype=object)[ci],
+        "eta_a_base": np.array([p.eta_a for p in group])[ci],
+        "eta_b_base": np.array([p.eta_b for p in group])[ci],
+        "eta_a": np.array([p.rate_a(width) for p in group])[ci],
+        "eta_b": np.array([p.rate_b(width) for p in group])[ci],
+        "ratio": np.array([p.ratio(width) for p in group])[ci],
+        "scale": np.array([p.scale(rank) for p in group])[ci],
+        "seed": np.asarray(seeds)[si],
+        "step": step,
+    }
+    for k in STATS:
+        cols[k] = res[k].ravel()
+    ds = res["diverged_step"][ci, si]
+    cols["diverged"] = (ds >= 0) & (step >= ds)
+    cols["diverged_step"] = ds
+    return pd.DataFrame(cols)

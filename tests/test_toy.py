@@ -1,0 +1,278 @@
+"""The n-dimensional toy simulator: decomposition identity, torch.optim parity, determinism,
+divergence handling and input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sims.params import Parametrization, preset
+from sims.toy import STATS, ToyProblem, simulate, simulate_batch
+from sims.toy.engine import run_batch
+from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update
+from sims.toy.simulate import _stack
+
+OPTS = ["gd", "signgd", "adam", "adamw"]
+
+
+def _general(init: str, seed: int = 0) -> ToyProblem:
+    return ToyProblem.general(48, seed, rank=3, outputs=5, samples=4, init=init, alpha=2.0)
+
+
+@pytest.mark.parametrize("optimizer", OPTS)
+@pytest.mark.parametrize("init", ["A", "B"])
+@pytest.mark.parametrize("kind", ["paper", "general", "general-m=n"])
+def test_delta_decomposition_identity(optimizer: str, init: str, kind: str) -> None:
+    """ΔZ_B = δ¹ + δ² + δ³ to round-off at every step, entry by entry (signed)."""
+    if kind == "paper":
+        prob = ToyProblem.paper(256, 3, init=init)
+    elif kind == "general":
+        prob = _general(init)
+    else:
+        prob = ToyProblem.general(32, 1, rank=2, outputs="n", samples=3, init=init)
+    X, R, A0, B0 = _stack([prob, prob], torch.float64)
+    eta = torch.tensor([1e-3, 3e-2, 0.1], dtype=torch.float64)
+    worst = []
+
+    def check(t: int, st: dict[str, torch.Tensor]) -> None:
+        alive = st["alive"]
+        assert alive[0].all()  # the smallest rate never diverges
+        total = (st["delta1"] + st["delta2"] + st["delta3"])[alive]
+        dzb = st["dZ_B"][alive]
+        worst.append(float((total - dzb).abs().max() / dzb.abs().max().clamp_min(1e-300)))
+
+    run_batch(
+        X,
+        R,
+        A0,
+        B0,
+        torch.full((3,), prob.scale, dtype=torch.float64),
+        eta,
+        eta * 4,
+        6,
+        OptimizerConfig(optimizer, weight_decay=0.01 if optimizer == "adamw" else 0.0),
+        on_step=check,
+    )
+    assert len(worst) == 6
+    assert max(worst) < 1e-12
+
+
+def _torch_adam_reference(cls, lr: float, grads, p0, **kw) -> torch.Tensor:
+    param = torch.nn.Parameter(p0.clone())
+    opt = cls([param], lr=lr, **kw)
+    for g in grads:
+        param.grad = g.clone()
+        opt.step()
+    return param.detach()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_adam_steps_equal_torch_optim_bit_for_bit(name: str, weight_decay: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(2, 3, 17, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(2, 3, 17, generator=gen, dtype=torch.float64) for _ in range(7)]
+    lrs = [1e-3, 0.37, 2.0]
+    cfg = OptimizerConfig(name, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay)
+    # all three learning rates in one batched tensor
+    P = p0.expand(3, *p0.shape).clone()
+    state = OptimizerState()
+    lr = torch.tensor(lrs, dtype=torch.float64).reshape(3, 1, 1, 1)
+    for t, g in enumerate(grads, start=1):
+        state.step = t
+        apply_update(cfg, state, "p", P, g.expand_as(P), lr)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    for i, lr_i in enumerate(lrs):
+        ref = _torch_adam_reference(
+            cls, lr_i, grads, p0, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay
+        )
+        assert torch.equal(P[i], ref), f"lr={lr_i}: max diff {(P[i] - ref).abs().max()}"
+
+
+def test_gd_matches_torch_sgd() -> None:
+    gen = torch.Generator().manual_seed(1)
+    p0 = torch.randn(5, 9, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(5, 9, generator=gen, dtype=torch.float64) for _ in range(4)]
+    P = p0.clone().unsqueeze(0)
+    cfg, state = OptimizerConfig("gd"), OptimizerState()
+    for t, g in enumerate(grads, start=1):
+        state.step = t
+        apply_update(
+            cfg,
+            state,
+            "p",
+            P,
+            g.unsqueeze(0),
+            torch.tensor([0.3], dtype=torch.float64).reshape(1, 1, 1),
+        )
+    ref = _torch_adam_reference(torch.optim.SGD, 0.3, grads, p0)
+    torch.testing.assert_close(P[0], ref, rtol=1e-15, atol=1e-15)
+
+
+def _autograd_reference(prob: ToyProblem, eta_a, eta_b, steps, optimizer, **kw) -> list[float]:
+    """The toy trained the straightforward way: autograd and torch.optim."""
+    X, y, W = (torch.tensor(a) for a in (prob.X, prob.y, prob.W_star))
+    A = torch.nn.Parameter(torch.tensor(prob.A0))
+    B = torch.nn.Parameter(torch.tensor(prob.B0))
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "gd": torch.optim.SGD}[optimizer]
+    opt_a, opt_b = cls([A], lr=eta_a, **kw), cls([B], lr=eta_b, **kw)
+
+    def loss_fn() -> torch.Tensor:
+        f = X @ W.T + prob.scale * (X @ A.T) @ B.T
+        return 0.5 * ((f - y) ** 2).sum() / X.shape[0]
+
+    losses = [loss_fn().item()]
+    for _ in range(steps):
+        opt_a.zero_grad(), opt_b.zero_grad()
+        loss_fn().backward()
+        opt_a.step(), opt_b.step()
+        losses.append(loss_fn().item())
+    return losses
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "adamw"])
+@pytest.mark.parametrize("init", ["A", "B"])
+def test_trajectory_matches_autograd_and_torch_optim(optimizer: str, init: str) -> None:
+    prob = _general(init, seed=2)
+    kw = {"weight_decay": 0.1} if optimizer == "adamw" else {}
+    df = simulate(prob, eta_a=0.02, eta_b=0.05, steps=8, optimizer=optimizer, **kw)
+    ref = _autograd_reference(prob, 0.02, 0.05, 8, optimizer, **kw)
+    np.testing.assert_allclose(df["loss"].to_numpy(), ref, rtol=1e-11)
+
+
+def test_same_seed_same_dataframe_bit_for_bit() -> None:
+    kw = dict(steps=3, optimizer="adam")
+    params = [preset("lora"), preset("loraplus"), preset("lora", init="B").with_(name="lora-B")]
+    a = simulate_batch([64, 256], params, [0, 1, 2], **kw)
+    b = simulate_batch([64, 256], params, [0, 1, 2], **kw)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    c = simulate_batch([64, 256], params, [0, 1, 3], **kw)
+    assert not a[list(STATS)].equals(c[list(STATS)])
+
+
+def test_batch_equals_single_problem_runs() -> None:
+    """A configuration inside the vectorised batch is bit-identical to its own run."""
+    params = [preset("lora", eta=0.03), preset("loraplus", eta=0.03), preset("lora-fixed")]
+    df = simulate_batch([128], params, [4, 5], steps=4, optimizer="adamw", weight_decay=0.01)
+    for p in params:
+        for seed in (4, 5):
+            prob = ToyProblem.paper(128, seed)
+            single = simulate(
+                prob,
+                eta_a=p.rate_a(128),
+                eta_b=p.rate_b(128),
+                steps=4,
+                optimizer="adamw",
+                weight_decay=0.01,
+            )
+            part = df[(df["param"] == p.name) & (df["seed"] == seed)].reset_index(drop=True)
+            for k in STATS:
+                np.testing.assert_array_equal(part[k].to_numpy(), single[k].to_numpy(), err_msg=k)
+
+
+def test_nested_draws_across_widths() -> None:
+    small, big = ToyProblem.paper(64, 7), ToyProblem.paper(256, 7)
+    np.testing.assert_array_equal(small.X, big.X[:, :64])
+    np.testing.assert_array_equal(small.A0 * 8, big.A0[:, :64] * 16)
+    assert small.residual0().shape == (1, 1)
+    assert 0.5 <= abs((small.y - small.X @ small.W_star.T).item()) <= 1.5
+
+
+def test_divergence_is_recorded_and_the_rest_goes_on() -> None:
+    huge = Parametrization("huge", eta_a=1e6, eta_b=1e6, c_a=0, c_b=0)
+    fine = preset("loraplus")
+    with np.errstate(all="raise"):
+        df = simulate_batch([64, 128], [huge, fine], [0, 1], steps=5, optimizer="gd")
+    h = df[df["param"] == "huge"]
+    assert h["diverged"].any()
+    first = h[h["diverged"]].groupby(["width", "seed"])["step"].min()
+    steps = h.groupby(["width", "seed"])["diverged_step"].first()
+    assert (first == steps.loc[first.index]).all()
+    assert h.loc[h["diverged"], list(STATS)].isna().all().all()
+    ok = df[df["param"] == "loraplus"]
+    assert not ok["diverged"].any() and ok.loc[ok["step"] >= 1, list(STATS)].notna().all().all()
+    alone = simulate_batch([64, 128], [fine], [0, 1], steps=5, optimizer="gd")
+    np.testing.assert_array_equal(ok[list(STATS)].to_numpy(), alone[list(STATS)].to_numpy())
+
+
+def test_exact_zeros_at_step_one() -> None:
+    """Init[A]: B0 = 0 so A's gradient is exactly 0 at step 1 and δ¹_1 = δ³_1 = 0 exactly."""
+    for opt in OPTS:
+        df = simulate(
+            ToyProblem.paper(128, 0, init="A"), eta_a=0.1, eta_b=0.1, steps=2, optimizer=opt
+        )
+        assert df.loc[1, "delta1"] == 0 and df.loc[1, "delta3"] == 0 and df.loc[1, "delta2"] > 0
+        df = simulate(
+            ToyProblem.paper(128, 0, init="B"), eta_a=0.1, eta_b=0.1, steps=2, optimizer=opt
+        )
+        assert df.loc[1, "delta2"] == 0 and df.loc[1, "delta3"] == 0 and df.loc[1, "delta1"] > 0
+
+
+def test_weight_change_norms_match_dense() -> None:
+    prob = _general("A", seed=3)
+    X, R, A0, B0 = _stack([prob], torch.float64)
+    seen = {}
+
+    def grab(t, st):
+        seen[t] = (st["A"].clone(), st["B"].clone())
+
+    res = run_batch(
+        X,
+        R,
+        A0,
+        B0,
+        torch.tensor([prob.scale], dtype=torch.float64),
+        torch.tensor([0.05], dtype=torch.float64),
+        torch.tensor([0.1], dtype=torch.float64),
+        3,
+        OptimizerConfig("adam"),
+        on_step=grab,
+    )
+    A, B = seen[3]
+    dW = prob.scale * (B[0, 0] @ A[0, 0] - torch.from_numpy(prob.B0 @ prob.A0))
+    sv = torch.linalg.svdvals(dW)
+    assert res["dw_fro"][3, 0, 0] == pytest.approx(float(sv.square().sum().sqrt()), rel=1e-12)
+    assert res["dw_spec"][3, 0, 0] == pytest.approx(float(sv[0]), rel=1e-12)
+    A2, B2 = seen[2]
+    step = prob.scale * (B[0, 0] @ A[0, 0] - B2[0, 0] @ A2[0, 0])
+    assert res["dw_step_fro"][3, 0, 0] == pytest.approx(float(torch.linalg.norm(step)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: ToyProblem.paper(0, 0), "width"),
+        (lambda: ToyProblem.paper(-4, 0), "width"),
+        (lambda: ToyProblem.paper(8, 0, init="C"), "init"),
+        (lambda: ToyProblem.general(4, 0, rank=5), "rank"),
+        (lambda: ToyProblem.paper(8, -1), "seed"),
+        (
+            lambda: ToyProblem.from_arrays(
+                np.ones((2, 4)), np.ones((3, 1)), np.ones((1, 4)), np.ones((1, 4)), np.ones((1, 1))
+            ),
+            "y has shape",
+        ),
+        (
+            lambda: ToyProblem.from_arrays(
+                np.ones((2, 4)), np.ones((2, 1)), np.ones((1, 4)), np.ones((1, 5)), np.ones((1, 1))
+            ),
+            "A0 has shape",
+        ),
+        (lambda: simulate(ToyProblem.paper(8, 0), eta_a=0, eta_b=1, steps=2), "eta_a"),
+        (lambda: simulate(ToyProblem.paper(8, 0), eta_a=1, eta_b=-1, steps=2), "eta_b"),
+        (lambda: simulate(ToyProblem.paper(8, 0), eta_a=1, eta_b=1, steps=0), "steps"),
+        (
+            lambda: simulate(ToyProblem.paper(8, 0), eta_a=1, eta_b=1, steps=1, optimizer="sgdm"),
+            "optimizer",
+        ),
+        (lambda: simulate_batch([0, 8], [preset("lora")], [0], steps=1), "width"),
+        (lambda: simulate_batch([8], [preset("lora")], [], steps=1), "seeds"),
+        (lambda: Parametrization("x", 1, 1, "a", 0), "c_a"),
+        (lambda: preset("nope"), "preset"),
+    ],
+)
+def test_bad_input_raises_value_error(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
