@@ -16,7 +16,6 @@ import pandas as pd
 from scipy import stats
 
 from sims.params import Parametrization
-from theory import gamma
 
 #: Simulator column → quantity of the exponent calculus (``theory.gamma``).
 THEORY_QUANTITY = {
@@ -178,6 +177,8 @@ def predicted_exponents(
     ``predicted`` is a float (``-inf`` marks an exactly-zero quantity); ``predicted_label`` is
     the exact rational as text (``"-1/2"``) or ``"zero"``; ``regime`` the classification.
     """
+    from theory import gamma
+
     opt = "adam" if optimizer == "adamw" else optimizer
     rows = []
     for p in params:

@@ -2,7 +2,9 @@
 
 Shapes (``C`` configurations, ``S`` seeds, ``N`` samples, width ``n``, ``m`` outputs, rank ``r``)::
 
-    X  (S, N, n)    R = y − W*x  (S, N, m)    A  (C, S, r, n)    B  (C, S, m, r)
+    X  (S, N, n)    R = y − W*x  (S, N, m)    A0  (S, r, n)    B0  (S, m, r)
+
+and the state ``A``, ``B`` holds one copy per configuration × seed.
 
 Forward ``Z_A = X Aᵀ``, ``Z_B = s·Z_A Bᵀ``, residual ``U = Z_B − R`` (``= f − y``), loss
 ``(1/N) Σ ½‖U‖²``. Gradients ``∂L/∂B = (s/N)·Uᵀ Z_A`` and ``∂L/∂A = (s/N)·(U B)ᵀ X``.
@@ -42,19 +44,17 @@ STATS = (
 DEFAULT_DIVERGENCE_BOUND = 1e8
 
 
-def _lowrank_norms(L: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frobenius and spectral norms of ``L @ R`` (inner dimension ``k``) without forming it.
+def _lowrank_norms(g_l: torch.Tensor, g_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frobenius and spectral norms of ``L R`` from its Gram matrices ``G_L = LᵀL``, ``G_R = RRᵀ``.
 
-    With ``Rᵀ = Q T`` (QR), ``L R = (L Tᵀ) Qᵀ`` has the singular values of the small ``L Tᵀ``;
-    cost ``O(k²(m + n))``, backward stable.
+    ``‖LR‖_F² = Σ_ij (G_L)_ij (G_R)_ij`` and ``σ(LR)² = eig(G_R^{1/2} G_L G_R^{1/2})``: cost
+    ``O(k²(m + n))`` for an inner dimension ``k``, without forming the ``m × n`` product.
     """
-    k = L.shape[-1]
-    t_r = torch.linalg.qr(R.transpose(-1, -2), mode="r").R
-    M = L @ t_r.transpose(-1, -2)
-    if M.shape[-2] > k:
-        M = torch.linalg.qr(M, mode="r").R
-    sv = torch.linalg.svdvals(M)
-    return torch.linalg.vector_norm(sv, dim=-1), sv[..., 0]
+    fro = (g_l * g_r).sum((-1, -2)).clamp_min(0).sqrt()
+    evals, evecs = torch.linalg.eigh(g_r)
+    c = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
+    spec = torch.linalg.eigvalsh(c.transpose(-1, -2) @ g_l @ c).amax(-1).clamp_min(0).sqrt()
+    return fro, spec
 
 
 def run_batch(
@@ -97,57 +97,84 @@ def run_batch(
     S, N, n = X.shape
     m, r = B0.shape[-2], B0.shape[-1]
     dtype = X.dtype
-    lr_a = eta_a.to(dtype).reshape(C, 1, 1, 1)
-    lr_b = eta_b.to(dtype).reshape(C, 1, 1, 1)
-    s = scale.to(dtype).reshape(C, 1, 1, 1)
-    A = A0.expand(C, S, r, n).clone()
-    B = B0.expand(C, S, m, r).clone()
+    # Internal layout is seed-major, (S, C, ...): the two width-sized products (Z_A = X Aᵀ and
+    # ∂L/∂A = G_Zᵀ X) are then one GEMM per seed over all configurations, X never copied.
+    lr_a = eta_a.to(dtype).reshape(1, C, 1, 1)
+    lr_b = eta_b.to(dtype).reshape(1, C, 1, 1)
+    s = scale.to(dtype).reshape(1, C, 1, 1)
+    A0e = A0.unsqueeze(1)  # (S, 1, r, n)
+    B0e = B0.unsqueeze(1)  # (S, 1, m, r)
+    A = torch.empty(S, C, r, n, dtype=dtype).copy_(A0e.expand(S, C, r, n))  # never a view of A0
+    B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
+    Rb = R.unsqueeze(1)  # (S, 1, N, m)
+    Xt = X.transpose(-1, -2)  # (S, n, N)
+    # Rows [A; A − A0; A − A_prev] of every configuration: one GEMM gives all the Gram blocks of
+    # the weight-change norms. The last block holds A_prev until the step is taken.
+    stack = torch.zeros(S, C, 3 * r, n, dtype=dtype)
+    A_prev = stack[:, :, 2 * r :]
+    grad_a = torch.empty_like(A)
     state = OptimizerState()
     out = {k: np.full((steps + 1, C, S), np.nan) for k in STATS}
     diverged_step = np.full((C, S), -1, dtype=np.int64)
-    alive = torch.ones(C, S, dtype=torch.bool)
+    alive = torch.ones(S, C, dtype=torch.bool)
 
     def features(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        za = torch.matmul(X, A.transpose(-1, -2))  # (C, S, N, r)
-        zb = s * torch.matmul(za, B.transpose(-1, -2))  # (C, S, N, m)
+        za = torch.bmm(A.view(S, C * r, n), Xt).view(S, C, r, N).transpose(-1, -2)  # (S,C,N,r)
+        zb = s * torch.matmul(za, B.transpose(-1, -2))  # (S, C, N, m)
         return za, zb
 
-    def record(t: int, za, zb, u, A, B, A_prev=None, B_prev=None) -> torch.Tensor:
+    def store(t: int, name: str, v: torch.Tensor, ok: torch.Tensor) -> None:
+        out[name][t] = torch.where(ok, v, torch.nan).T.numpy()
+
+    def record(t: int, za, zb, u, A, B, B_prev=None) -> torch.Tensor:
         loss = 0.5 * u.square().sum((-1, -2)) / N
         row = {
             "loss": loss,
             "za_mean_abs": za.abs().mean((-1, -2)),
             "za_rms": za.square().mean((-1, -2)).sqrt(),
             "zb_mean_abs": zb.abs().mean((-1, -2)),
-            "norm_a": torch.linalg.vector_norm(A, dim=(-1, -2)),
             "norm_b": torch.linalg.vector_norm(B, dim=(-1, -2)),
         }
-        # ΔW_t = s(B A − B0 A0) = s[(B − B0), B0][A; A − A0]: factors that do not cancel.
-        b0 = B0.expand_as(B)
-        a0 = A0.expand_as(A)
-        fro, spec = _lowrank_norms(s * torch.cat([B - b0, b0], -1), torch.cat([A, A - a0], -2))
-        row["dw_fro"], row["dw_spec"] = fro, spec
-        if A_prev is not None:
+        # ΔW_t = s(B A − B0 A0) = s[B − B0, B0][A; A − A0]: factors that do not cancel, so the
+        # Gram matrices keep full relative precision. Likewise s[ΔB, B_prev][A; ΔA] per step.
+        stack[:, :, :r].copy_(A)
+        torch.sub(A, A0e, out=stack[:, :, r : 2 * r])
+        if B_prev is not None:
+            torch.sub(A, A_prev, out=A_prev)  # the last block becomes ΔA
+        gram = torch.matmul(stack, stack.transpose(-1, -2))  # (S, C, 3r, 3r)
+        row["norm_a"] = torch.diagonal(gram[..., :r, :r], dim1=-2, dim2=-1).sum(-1).sqrt()
+        b0 = B0e.expand_as(B)
+        L = s * torch.cat([B - b0, b0], -1)
+        g_r = gram[..., : 2 * r, : 2 * r]
+        row["dw_fro"], row["dw_spec"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)
+        if B_prev is not None:
             L = s * torch.cat([B - B_prev, B_prev], -1)
-            row["dw_step_fro"] = _lowrank_norms(L, torch.cat([A, A - A_prev], -2))[0]
+            keep = torch.cat([torch.arange(r), torch.arange(2 * r, 3 * r)])
+            g_r = gram[..., keep, :][..., keep]
+            row["dw_step_fro"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)[0]
         else:
             row["dw_step_fro"] = torch.zeros_like(loss)
         finite = torch.isfinite(loss) & (loss <= divergence_bound)
         for v in row.values():
             finite &= torch.isfinite(v)
-        ok = (finite & alive).numpy()
+        ok = finite & alive
         for k, v in row.items():
-            out[k][t] = np.where(ok, v.numpy(), np.nan)
+            store(t, k, v, ok)
         return finite
 
     za, zb = features(A, B)
-    u = zb - R
+    u = zb - Rb
     finite = record(0, za, zb, u, A, B)
+    if not finite.all():  # diverged before the first step (e.g. an initial loss above the bound)
+        diverged_step[(~finite).T.numpy()] = 0
+        alive &= finite
     for t in range(1, steps + 1):
-        g = u / N  # ∂L/∂Z_B
-        grad_b = s * torch.matmul(g.transpose(-1, -2), za)  # (C, S, m, r)
-        grad_a = torch.matmul((s * torch.matmul(g, B)).transpose(-1, -2), X)  # (C, S, r, n)
-        A_prev, B_prev = A.clone(), B.clone()
+        g = u / N  # ∂L/∂Z_B, (S, C, N, m)
+        grad_b = s * torch.matmul(g.transpose(-1, -2), za)  # (S, C, m, r)
+        g_za = (s * torch.matmul(g, B)).transpose(-1, -2).reshape(S, C * r, N)  # ∂L/∂Z_Aᵀ
+        torch.bmm(g_za, X, out=grad_a.view(S, C * r, n))
+        A_prev.copy_(A)
+        B_prev = B.clone()
         state.step = t
         apply_update(opt, state, "A", A, grad_a, lr_a)
         apply_update(opt, state, "B", B, grad_b, lr_b)
@@ -157,8 +184,8 @@ def run_batch(
         d1 = s * torch.matmul(dza, B_prev.transpose(-1, -2))
         d2 = s * torch.matmul(za, dB.transpose(-1, -2))
         d3 = s * torch.matmul(dza, dB.transpose(-1, -2))
-        u = zb_new - R
-        finite = record(t, za_new, zb_new, u, A, B, A_prev, B_prev)
+        u = zb_new - Rb
+        finite = record(t, za_new, zb_new, u, A, B, B_prev)
         deltas = {
             "delta1": d1.abs().mean((-1, -2)),
             "delta2": d2.abs().mean((-1, -2)),
@@ -168,35 +195,37 @@ def run_batch(
         for v in deltas.values():
             finite &= torch.isfinite(v)
         newly = alive & ~finite
-        ok = (alive & finite).numpy()
         for k, v in deltas.items():
-            out[k][t] = np.where(ok, v.numpy(), np.nan)
+            store(t, k, v, alive & finite)
         if newly.any():
-            diverged_step[newly.numpy()] = t
+            diverged_step[newly.T.numpy()] = t
             alive &= finite
             for k in STATS:
-                out[k][t][newly.numpy()] = np.nan
+                out[k][t][newly.T.numpy()] = np.nan
         if not alive.all():
             # Hold diverged configurations at zero so that no inf/NaN arithmetic goes on.
-            dead = (~alive).reshape(C, S, 1, 1)
+            dead = (~alive).reshape(S, C, 1, 1)
             A.masked_fill_(dead, 0.0)
             B.masked_fill_(dead, 0.0)
             reset_entries(state, ~alive)
             za_new, zb_new = features(A, B)
-            u = (zb_new - R).masked_fill_(dead, 0.0)
+            u = (zb_new - Rb).masked_fill_(dead, 0.0)
         if on_step is not None:
             on_step(
                 t,
                 {
-                    "A": A,
-                    "B": B,
-                    "Z_A": za_new,
-                    "Z_B": zb_new,
-                    "delta1": d1,
-                    "delta2": d2,
-                    "delta3": d3,
-                    "dZ_B": zb_new - zb,
-                    "alive": alive.clone(),
+                    k: v.transpose(0, 1)
+                    for k, v in {
+                        "A": A,
+                        "B": B,
+                        "Z_A": za_new,
+                        "Z_B": zb_new,
+                        "delta1": d1,
+                        "delta2": d2,
+                        "delta3": d3,
+                        "dZ_B": zb_new - zb,
+                        "alive": alive.clone(),
+                    }.items()
                 },
             )
         za, zb = za_new, zb_new

@@ -54,6 +54,8 @@ class OptimizerConfig:
 class _Moments:
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
+    denom: torch.Tensor  # work buffers, reused every step
+    update: torch.Tensor
 
 
 @dataclass
@@ -74,7 +76,7 @@ def apply_update(
 ) -> None:
     """One in-place update of ``param`` with its gradient ``grad``.
 
-    ``lr`` broadcasts against ``param`` (shape ``(C, 1, ..., 1)`` for ``C`` configurations).
+    ``lr`` broadcasts against ``param`` (one rate per configuration of the batch).
     ``state.step`` must already count the current step (1 for the first update).
     """
     name = cfg.name
@@ -96,7 +98,7 @@ def apply_update(
         grad = grad.add(param, alpha=wd)
     mom = state.moments.get(key)
     if mom is None:
-        mom = _Moments(torch.zeros_like(param), torch.zeros_like(param))
+        mom = _Moments(*(torch.zeros_like(param) for _ in range(4)))
         state.moments[key] = mom
     mom.exp_avg.lerp_(grad, 1 - beta1)
     mom.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -104,14 +106,14 @@ def apply_update(
     bias_correction1 = 1 - beta1**t
     bias_correction2 = 1 - beta2**t
     step_size = lr / bias_correction1
-    denom = (mom.exp_avg_sq.sqrt() / bias_correction2**0.5).add_(cfg.eps)
+    denom = torch.sqrt(mom.exp_avg_sq, out=mom.denom).div_(bias_correction2**0.5).add_(cfg.eps)
     # torch's addcdiv computes p + (value·m)/denom; with a per-configuration step size the
     # product is formed first, which rounds identically.
-    param.addcdiv_(mom.exp_avg * (-step_size), denom)
+    param.addcdiv_(torch.mul(mom.exp_avg, -step_size, out=mom.update), denom)
 
 
 def reset_entries(state: OptimizerState, mask: torch.Tensor) -> None:
-    """Zero the moments of the configurations selected by ``mask`` (shape ``(C, S)``)."""
+    """Zero the moments of the batch entries selected by ``mask`` (the leading dimensions)."""
     for mom in state.moments.values():
         m = mask.reshape(mask.shape + (1,) * (mom.exp_avg.dim() - mask.dim()))
         mom.exp_avg.masked_fill_(m, 0.0)
