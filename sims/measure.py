@@ -45,6 +45,77 @@ def _slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(cnt >= 2, out, np.nan)
 
 
+def _mean_log2(M: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``log2`` of the weighted mean over seeds of ``|v|``, NaN-aware.
+
+    ``M``: ``(rows, seeds, widths)`` with NaN for missing entries; ``weights``: ``(..., seeds)``
+    resampling multiplicities. Returns ``(rows, ..., widths)``.
+    """
+    ok = np.isfinite(M)
+    filled = np.where(ok, M, 0.0)
+    num = np.einsum("...s,rsw->r...w", weights, filled)
+    den = np.einsum("...s,rsw->r...w", weights, ok.astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.log2(num / den)
+    y[~np.isfinite(y)] = np.nan
+    return y
+
+
+def log_slopes(
+    values: np.ndarray,
+    widths: Sequence[float],
+    *,
+    n_boot: int = 999,
+    confidence: float = 0.95,
+    seed: int = 0,
+    chunk: int = 128,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slopes of ``log2 mean_seeds |v|`` against ``log2 n``, with bootstrap intervals over seeds.
+
+    Args:
+        values: ``(rows, seeds, widths)``; NaN marks a missing (diverged) entry.
+        widths: the widths ``n`` of the last axis.
+        n_boot: bootstrap resamples (seeds drawn with replacement, the same draws for every row).
+        confidence: confidence level of the percentile interval.
+        seed: seed of the resampling.
+        chunk: rows per bootstrap call (bounds the memory).
+
+    Returns:
+        ``(slope, low, high)``, each ``(rows,)``; intervals are NaN with fewer than two seeds.
+    """
+    M = np.abs(np.asarray(values, dtype=float))
+    if M.ndim != 3 or M.shape[2] != len(widths):
+        raise ValueError(f"values must have shape (rows, seeds, {len(widths)}), got {M.shape}")
+    R, S, _ = M.shape
+    x = np.log2(np.asarray(widths, dtype=float))
+    slope = _slope(x, _mean_log2(M, np.ones(S)))
+    low = np.full(R, np.nan)
+    high = np.full(R, np.nan)
+    todo = np.flatnonzero(np.isfinite(slope) & (np.isfinite(M).any(axis=2).sum(axis=1) >= 2))
+    for start in range(0, len(todo), chunk):
+        rows = todo[start : start + chunk]
+        sub = M[rows]
+
+        def statistic(idx: np.ndarray, axis: int = -1, sub: np.ndarray = sub) -> np.ndarray:
+            idx = np.moveaxis(np.asarray(idx, dtype=int), axis, -1)
+            counts = (idx[..., None] == np.arange(S)).sum(-2).astype(float)  # (..., S)
+            return _slope(x, _mean_log2(sub, counts))
+
+        with _quiet():
+            res = stats.bootstrap(
+                (np.arange(S),),
+                statistic,
+                n_resamples=n_boot,
+                vectorized=True,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low[rows] = res.confidence_interval.low
+        high[rows] = res.confidence_interval.high
+    return slope, low, high
+
+
 def log_slope(
     values: np.ndarray,
     widths: Sequence[float],
@@ -53,58 +124,23 @@ def log_slope(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """Slope of ``log2 mean_seeds |v|`` against ``log2 n`` and its bootstrap interval over seeds.
-
-    Args:
-        values: array ``(seeds, widths)``; NaN marks a missing (diverged) entry.
-        widths: the widths ``n`` of the columns.
-        n_boot: bootstrap resamples.
-        confidence: confidence level of the interval.
-        seed: seed of the resampling.
-
-    Returns:
-        ``(slope, low, high)``; the interval is NaN with fewer than two seeds.
-    """
-    M = np.abs(np.asarray(values, dtype=float))
+    """One statistic: ``values`` is ``(seeds, widths)``; see :func:`log_slopes`."""
+    M = np.asarray(values, dtype=float)
     if M.ndim != 2 or M.shape[1] != len(widths):
         raise ValueError(f"values must have shape (seeds, {len(widths)}), got {M.shape}")
-    x = np.log2(np.asarray(widths, dtype=float))
-
-    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
-        idx = np.moveaxis(np.asarray(idx, dtype=int), axis, -1)
-        sub = M[idx]  # (..., seeds, widths)
-        with np.errstate(invalid="ignore", divide="ignore"), _quiet():
-            mean = np.nanmean(sub, axis=-2)
-            y = np.log2(mean)
-        y[~np.isfinite(y)] = np.nan
-        return _slope(x, y)
-
-    seeds = np.arange(M.shape[0])
-    point = float(statistic(seeds))
-    ok_seeds = np.isfinite(M).any(axis=1).sum()
-    if ok_seeds < 2 or not np.isfinite(point):
-        return point, float("nan"), float("nan")
-    res = stats.bootstrap(
-        (seeds,),
-        statistic,
-        n_resamples=n_boot,
-        vectorized=True,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    s, lo, hi = log_slopes(M[None], widths, n_boot=n_boot, confidence=confidence, seed=seed)
+    return float(s[0]), float(lo[0]), float(hi[0])
 
 
 class _quiet:
-    """Silence numpy's 'mean of empty slice' warnings inside a block."""
+    """Silence numpy's and scipy's runtime warnings (empty slices, degenerate resamples)."""
 
     def __enter__(self) -> None:
         import warnings
 
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")
 
     def __exit__(self, *exc: object) -> None:
         self._ctx.__exit__(*exc)
@@ -122,48 +158,55 @@ def fit_slopes(
     """Measured exponents of ``quantities`` against width, one row per group × quantity.
 
     ``df`` is a tidy frame with columns ``width``, ``seed``, ``diverged``, the columns in ``by``
-    and the quantities. Returns the columns ``*by, quantity, slope, ci_low, ci_high, zero``
-    (every kept value is exactly 0), ``n_widths`` and ``n_diverged`` (diverged seed × width
-    entries left out).
+    and the quantities, one row per group × seed × width. Returns the columns ``*by, quantity,
+    slope, ci_low, ci_high, zero`` (every kept value is exactly 0), ``n_widths`` (widths with
+    data) and ``n_diverged`` (diverged seed × width entries left out).
     """
     quantities = list(quantities)
+    by = list(by)
     missing = [c for c in [*by, "width", "seed", "diverged", *quantities] if c not in df.columns]
     if missing:
         raise ValueError(f"the results have no column {missing[0]!r}")
-    rows = []
-    for key, g in df.groupby(list(by), sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        widths = np.sort(g["width"].unique())
-        for q in quantities:
-            vals = g[q].where(~g["diverged"])
-            M = (
-                pd.DataFrame({"seed": g["seed"], "width": g["width"], "v": vals})
-                .pivot_table(index="seed", columns="width", values="v", dropna=False)
-                .reindex(columns=widths)
-                .to_numpy()
-            )
-            n_div = int(g.loc[g["diverged"], ["seed", "width"]].drop_duplicates().shape[0])
-            finite = M[np.isfinite(M)]
-            zero = finite.size > 0 and bool(np.all(finite == 0))
-            if zero or finite.size == 0:
-                slope = lo = hi = float("nan")
-            else:
-                slope, lo, hi = log_slope(
-                    M, widths, n_boot=n_boot, confidence=confidence, seed=seed
-                )
-            rows.append(
-                {
-                    **dict(zip(by, key, strict=True)),
-                    "quantity": q,
-                    "slope": slope,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "zero": zero,
-                    "n_widths": int(np.isfinite(M).any(axis=0).sum()),
-                    "n_diverged": n_div,
-                }
-            )
-    return pd.DataFrame(rows)
+    if df.empty:
+        raise ValueError("the results are empty")
+    keys = [*by, "seed", "width"]
+    if df.duplicated(keys).any():
+        raise ValueError(f"more than one row per {' × '.join(keys)}")
+    d = df[keys + quantities].copy()
+    d.loc[df["diverged"].to_numpy(), quantities] = np.nan
+    d["_div"] = df["diverged"].to_numpy()
+    widths = np.sort(d["width"].unique())
+    seeds = np.sort(d["seed"].unique())
+    groups = d[by].drop_duplicates()
+    full = pd.MultiIndex.from_frame(
+        groups.merge(pd.DataFrame({"seed": seeds}), how="cross").merge(
+            pd.DataFrame({"width": widths}), how="cross"
+        )
+    )
+    cube = d.set_index(keys).reindex(full)
+    G, S, W = len(groups), len(seeds), len(widths)
+    vals = cube[quantities].to_numpy().reshape(G, S, W, len(quantities))
+    M = np.moveaxis(vals, 3, 1).reshape(G * len(quantities), S, W)
+    n_div = cube["_div"].fillna(False).to_numpy(bool).reshape(G, S * W).sum(1)
+    finite = np.isfinite(M)
+    has = finite.any(axis=(1, 2))
+    zero = has & np.all(np.where(finite, M, 0.0) == 0.0, axis=(1, 2))
+    slope, low, high = log_slopes(
+        np.where(zero[:, None, None], np.nan, M),
+        widths,
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+    )
+    out = groups.loc[groups.index.repeat(len(quantities))].reset_index(drop=True)
+    out["quantity"] = quantities * G
+    out["slope"] = slope
+    out["ci_low"] = low
+    out["ci_high"] = high
+    out["zero"] = zero
+    out["n_widths"] = finite.any(axis=1).sum(axis=1)
+    out["n_diverged"] = np.repeat(n_div, len(quantities))
+    return out
 
 
 def predicted_exponents(

@@ -172,12 +172,26 @@ def test_batch_equals_single_problem_runs() -> None:
                 np.testing.assert_array_equal(part[k].to_numpy(), single[k].to_numpy(), err_msg=k)
 
 
-def test_nested_draws_across_widths() -> None:
+def test_draws_are_coupled_across_widths() -> None:
     small, big = ToyProblem.paper(64, 7), ToyProblem.paper(256, 7)
     np.testing.assert_array_equal(small.X, big.X[:, :64])
-    np.testing.assert_array_equal(small.A0 * 8, big.A0[:, :64] * 16)
-    assert small.residual0().shape == (1, 1)
-    assert 0.5 <= abs((small.y - small.X @ small.W_star.T).item()) <= 1.5
+    # z0 = a0ᵀx = ξ‖x‖/√n with ξ drawn independently of the width
+    xi = [p.A0[0] @ p.X[0] * np.sqrt(p.width) / np.linalg.norm(p.X[0]) for p in (small, big)]
+    assert xi[0] == pytest.approx(xi[1], rel=1e-12)
+    assert 0.5 <= abs(small.residual0().item()) <= 1.5
+    assert small.residual0().item() == pytest.approx(big.residual0().item(), rel=1e-12)
+
+
+def test_coupled_draws_keep_the_gaussian_distribution() -> None:
+    """A0 of Init[A] is still N(0, 1/n) coordinate-wise, whatever the coupling."""
+    n, seeds = 96, range(300)
+    A = np.stack([ToyProblem.general(n, s, rank=2, samples=3).A0 for s in seeds]) * np.sqrt(n)
+    flat = A.ravel()
+    assert abs(flat.mean()) < 0.02 and abs(flat.var() - 1) < 0.03
+    # the component along the data span is N(0, 1) too
+    probs = [ToyProblem.paper(n, s) for s in seeds]
+    xi = np.array([p.A0[0] @ p.X[0] * np.sqrt(n) / np.linalg.norm(p.X[0]) for p in probs])
+    assert abs(xi.mean()) < 0.2 and abs(xi.var() - 1) < 0.25
 
 
 def test_divergence_is_recorded_and_the_rest_goes_on() -> None:

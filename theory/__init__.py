@@ -1,4 +1,4 @@
-"""Pure mathematics of LoRA+ scaling: exponent calculus, exact reduced toy dynamics, symbolic checks.
+"""Pure mathematics of LoRA+ scaling: exponent calculus, exact reduced dynamics, symbolic checks.
 
 This package never imports torch or :mod:`sims`.
 """

@@ -4,10 +4,15 @@ A problem is the data ``X ∈ R^{N×n}``, targets ``y ∈ R^{N×m}``, the frozen
 initial factors ``A0 ∈ R^{r×n}``, ``B0 ∈ R^{m×r}`` and the LoRA multiplier ``s``. The model is
 ``f(x) = (W* + s·B·A) x`` and the loss ``(1/N) Σ_i ½‖f(x_i) − y_i‖²``.
 
-Random draws are nested across widths: every row of ``X``, ``A0``, ``W*`` comes from its own
-stream seeded by ``(seed, stream, row)``, so the width-``n`` problem holds the first ``n``
-coordinates of the width-``2n`` one. Width-to-width noise then shrinks, and slopes against width
-are measured on common random numbers.
+Random draws are coupled across widths (common random numbers), without changing their
+distribution: every row of ``X`` and ``W*`` comes from its own stream seeded by
+``(seed, stream, row)``, so the width-``n`` problem holds the first ``n`` coordinates of the
+width-``2n`` one; and a Gaussian row ``g ~ N(0, I_n/n)`` that meets the data (``A0``, the
+teacher's direction) is drawn as its component orthogonal to the span of the inputs plus a
+component inside that span whose ``N`` coordinates come from a width-independent stream. Given
+``X`` the two components are independent Gaussians, so ``g`` has exactly the distribution
+``N(0, I_n/n)``; but the Θ(1) numbers the dynamics depend on, such as ``z_0 = a_0ᵀx``, no longer
+jump from one width to the next, and slopes against width are measured without that noise.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ if TYPE_CHECKING:
     from theory.reduced import ReducedToy
 
 # stream identifiers for np.random.default_rng([seed, stream, row])
-_X, _A, _B, _W, _TEACHER_U, _TEACHER_V, _TARGET, _NOISE = range(8)
+_X, _A, _B, _W, _TEACHER_U, _TEACHER_V, _TARGET, _NOISE, _SPAN = range(9)
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -37,6 +42,22 @@ def _check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def _coupled_rows(seed: int, stream: int, rows: int, X: np.ndarray) -> np.ndarray:
+    """``rows × n`` draws of ``N(0, I_n/n)`` whose projections on the span of ``X``'s rows are
+    width-independent: ``g = P⊥h/√n + Q ξ/√n`` with ``Q`` an orthonormal basis of that span
+    (``Q = Xᵀ(XXᵀ)^{-1/2}``, so ``X g ≈ ξ`` when ``XXᵀ ≈ n·I``) and ``ξ ~ N(0, I_N)`` drawn from a
+    stream that does not depend on ``n``. Falls back to plain draws when ``N ≥ n``.
+    """
+    N, n = X.shape
+    h = _normal_rows(seed, stream, rows, n)
+    if N >= n:
+        return h / math.sqrt(n)
+    evals, evecs = np.linalg.eigh(X @ X.T)
+    Q = X.T @ (evecs / np.sqrt(evals)) @ evecs.T  # (n, N), orthonormal columns
+    xi = np.random.default_rng([seed, stream, _SPAN]).standard_normal((rows, N))
+    return (h - (h @ Q) @ Q.T + xi @ Q.T) / math.sqrt(n)
 
 
 def _normal_rows(seed: int, stream: int, rows: int, n: int) -> np.ndarray:
@@ -137,7 +158,7 @@ class ToyProblem:
         t = np.random.default_rng([seed, _TARGET]).uniform(0.5, 1.5, size=2)
         zeta = t[0] * (1.0 if t[1] > 1.0 else -1.0)
         y = W @ x.T + zeta
-        A0, B0 = _init_factors(seed, init, 1, 1, width, sigma_b)
+        A0, B0 = _init_factors(seed, init, 1, 1, x, sigma_b)
         return cls.from_arrays(x, y, W, A0, B0, scale=lora_scale(alpha, 1))
 
     @classmethod
@@ -179,11 +200,11 @@ class ToyProblem:
         X = _normal_rows(seed, _X, samples, width)
         W = _normal_rows(seed, _W, m, width) / math.sqrt(width)
         u = np.random.default_rng([seed, _TEACHER_U]).standard_normal(m)
-        v = _normal_rows(seed, _TEACHER_V, 1, width)[0]
-        y = X @ W.T + shift * np.outer(X @ v / math.sqrt(width), u)
+        v = _coupled_rows(seed, _TEACHER_V, 1, X)[0]  # N(0, I/n): vᵀx = Θ(1)
+        y = X @ W.T + shift * np.outer(X @ v, u)
         if noise > 0:
             y = y + noise * np.random.default_rng([seed, _NOISE]).standard_normal((samples, m))
-        A0, B0 = _init_factors(seed, init, rank, m, width, sigma_b)
+        A0, B0 = _init_factors(seed, init, rank, m, X, sigma_b)
         return cls.from_arrays(X, y, W, A0, B0, scale=lora_scale(alpha, rank, alpha_rule))
 
     @property
@@ -230,11 +251,11 @@ class ToyProblem:
 
 
 def _init_factors(
-    seed: int, init: str, rank: int, m: int, n: int, sigma_b: float
+    seed: int, init: str, rank: int, m: int, X: np.ndarray, sigma_b: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Init[A]: ``A0 ~ N(0, 1/n)``, ``B0 = 0``. Init[B]: ``A0 = 0``, ``B0 ~ N(0, σ_B²)``."""
     if not (isinstance(sigma_b, (int, float)) and math.isfinite(sigma_b) and sigma_b > 0):
         raise ValueError(f"sigma_b must be a positive number, got {sigma_b!r}")
     if init == "A":
-        return _normal_rows(seed, _A, rank, n) / math.sqrt(n), np.zeros((m, rank))
-    return np.zeros((rank, n)), sigma_b * _normal_rows(seed, _B, m, rank)
+        return _coupled_rows(seed, _A, rank, X), np.zeros((m, rank))
+    return np.zeros((rank, X.shape[1])), sigma_b * _normal_rows(seed, _B, m, rank)
