@@ -105,6 +105,16 @@ def _positive_float(name: str, text: str) -> float:
     return v
 
 
+def _nonnegative_float(name: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a non-negative number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise UsageError(f"{name} must be a non-negative number, got {text!r}")
+    return v
+
+
 def _exponent(name: str, text: str) -> Fraction:
     try:
         return parse_exponent(name, text)
@@ -122,17 +132,46 @@ def _positive_int(name: str, text: str) -> int:
     return v
 
 
-def check_output_dir(path: Path) -> Path:
+class OutputDir:
+    """An output folder checked for writing before any work, and removed again (if this command
+    created it and it is still empty) when the command fails."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        self.created: list[Path] = []
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"output folder {str(path)!r} is a file")
+        missing = []
+        p = self.path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        try:
+            for d in reversed(missing):
+                d.mkdir()
+                self.created.append(d)
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            self.cleanup()
+            raise UsageError(
+                f"output folder {str(path)!r} is not writable ({e.strerror})"
+            ) from None
+
+    def cleanup(self) -> None:
+        """Remove the folders this command created, if they are empty."""
+        for d in reversed(self.created):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+
+def check_output_dir(path: Path) -> OutputDir:
     """Refuse an output folder that cannot be written, before any work is done."""
-    p = path.expanduser().resolve()
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"output folder {str(path)!r} is a file")
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"output folder {str(path)!r} is not writable")
-    return p
+    return OutputDir(path)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -142,6 +181,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -175,9 +217,9 @@ def _sweep_parametrizations(args: argparse.Namespace) -> list[Parametrization]:
             raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     if len(set(names)) != len(names):
         raise UsageError(f"repeated preset in {args.presets!r}")
+    alpha = _positive_float("--alpha", args.alpha)
     params = [
-        preset(name, eta=eta, eta_b=eta_b, n0=n0, init=args.init, alpha=args.alpha)
-        for name in names
+        preset(name, eta=eta, eta_b=eta_b, n0=n0, init=args.init, alpha=alpha) for name in names
     ]
     if (args.c_a is None) != (args.c_b is None):
         raise UsageError("--c-a and --c-b go together")
@@ -192,7 +234,7 @@ def _sweep_parametrizations(args: argparse.Namespace) -> list[Parametrization]:
                 c_b=c_b,
                 n0=n0,
                 init=args.init,
-                alpha=args.alpha,
+                alpha=alpha,
             )
         )
     if not params:
@@ -202,22 +244,25 @@ def _sweep_parametrizations(args: argparse.Namespace) -> list[Parametrization]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a width sweep, print the slope table and write results, config and the figure."""
-    from sims import measure
-    from sims.toy import simulate_batch
-
     widths = parse_widths(args.widths)
     if len(widths) < 2:
         raise UsageError("a sweep needs at least two widths to measure a slope")
     seeds = parse_seeds(args.seeds)
     steps = _positive_int("--steps", args.steps)
     params = _sweep_parametrizations(args)
-    eps = float(args.eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise UsageError(f"--eps must be a non-negative number, got {args.eps!r}")
-    wd = float(args.weight_decay)
-    if not math.isfinite(wd) or wd < 0:
-        raise UsageError(f"--weight-decay must be non-negative, got {args.weight_decay!r}")
-    out = check_output_dir(Path(args.out))
+    eps = _nonnegative_float("--eps", args.eps)
+    wd = _nonnegative_float("--weight-decay", args.weight_decay)
+    outdir = check_output_dir(Path(args.out))
+    try:
+        return _run_sweep(args, widths, seeds, steps, params, eps, wd, outdir.path)
+    except BaseException:
+        outdir.cleanup()
+        raise
+
+
+def _run_sweep(args, widths, seeds, steps, params, eps, wd, out: Path) -> int:
+    from sims import measure
+    from sims.toy import simulate_batch
 
     t0 = time.perf_counter()
     df = simulate_batch(
@@ -325,7 +370,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
     c_b = _exponent("--c-b", args.c_b)
     opt = "adam" if args.optimizer == "adamw" else args.optimizer
     if args.phase:
-        out = check_output_dir(Path(args.out))
+        outdir = check_output_dir(Path(args.out))
+        out = outdir.path
         from sims.plots import plot_phase_diagrams
 
         grid = [Fraction(k, 8) for k in range(-24, 9)]
@@ -337,11 +383,15 @@ def cmd_theory(args: argparse.Namespace) -> int:
         fig = plot_phase_diagrams(
             diagrams,
             titles,
-            mark=(float(c_a), float(c_b)),
+            mark=None if (c_a, c_b) == (-1, 0) else (float(c_a), float(c_b)),
             suptitle=f"Regimes of the rank-1 toy over {steps} steps (exponent calculus)",
         )
         path = out / "phase_diagram.png"
-        _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+        try:
+            _atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+        except BaseException:
+            outdir.cleanup()
+            raise
         print(f"wrote {path}")
         return 0
     pred = gamma.predict(args.init, opt, c_a, c_b, steps)
@@ -365,11 +415,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
         }
         print(json.dumps(payload, indent=2))
         return 0
-    print(
-        f"Init[{args.init}], {args.optimizer}, η_A ∝ n^({c_a}), η_B ∝ n^({c_b}): "
-        f"exponents γ (v = Θ(n^γ); 'zero' = exactly 0)"
-    )
     print(pred.table())
+    print("γ: v = Θ(n^γ) as the width n grows; 'zero': exactly 0 at that step")
     print(f"\nregime: {pred.regime.label} — {pred.regime.description}")
     return 0
 
@@ -410,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--c-a", default=None, help="add a parametrization with this c_A (e.g. -1/2)")
     sw.add_argument("--c-b", default=None, help="... and this c_B")
-    sw.add_argument("--alpha", type=float, default=1.0, help="LoRA alpha (s = alpha/r)")
+    sw.add_argument("--alpha", default="1", help="LoRA alpha (s = alpha/r)")
     sw.add_argument("--eps", default="1e-8", help="Adam epsilon")
     sw.add_argument("--weight-decay", default="0", help="weight decay")
     sw.add_argument("--out", default="results/sweep", help="output folder")
@@ -440,16 +487,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NUMERIC_FLAGS = ("--c-a", "--c-b", "--eta", "--eta-b", "--eps", "--weight-decay", "--alpha")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--c-a -1/2`` → ``--c-a=-1/2``: argparse would read ``-1/2`` as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if a in _NUMERIC_FLAGS and re.match(r"-[\d.]", nxt):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loraplus-lab`` console script."""
     parser = build_parser()
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ValueError) as e:
+    except (UsageError, ValueError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
