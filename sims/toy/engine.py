@@ -57,6 +57,16 @@ def _lowrank_norms(g_l: torch.Tensor, g_r: torch.Tensor) -> tuple[torch.Tensor, 
     return fro, spec
 
 
+def _gram(P: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(P, P.transpose(-1, -2))
+
+
+def _blocks(pp: torch.Tensor, pq: torch.Tensor, qq: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix of ``[P; Q]`` from its blocks ``PPᵀ``, ``PQᵀ``, ``QQᵀ``."""
+    top = torch.cat([pp, pq], -1)
+    return torch.cat([top, torch.cat([pq.transpose(-1, -2), qq], -1)], -2)
+
+
 def run_batch(
     X: torch.Tensor,
     R: torch.Tensor,
@@ -108,10 +118,10 @@ def run_batch(
     B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
     Rb = R.unsqueeze(1)  # (S, 1, N, m)
     Xt = X.transpose(-1, -2)  # (S, n, N)
-    # Rows [A; A − A0; A − A_prev] of every configuration: one GEMM gives all the Gram blocks of
-    # the weight-change norms. The last block holds A_prev until the step is taken.
-    stack = torch.zeros(S, C, 3 * r, n, dtype=dtype)
-    A_prev = stack[:, :, 2 * r :]
+    # ΔW_t = s(B_t A_t − B0 A0) is s·B_t A_t when B0 A0 = 0 (both Init[A] and Init[B]); else it
+    # is s[B − B0, B0][A; A − A0], factors that do not cancel, with A − A0 kept in D0.
+    mixed = bool(A0.abs().amax() > 0) and bool(B0.abs().amax() > 0)
+    D0 = torch.empty_like(A) if mixed else None
     grad_a = torch.empty_like(A)
     state = OptimizerState()
     out = {k: np.full((steps + 1, C, S), np.nan) for k in STATS}
@@ -126,7 +136,7 @@ def run_batch(
     def store(t: int, name: str, v: torch.Tensor, ok: torch.Tensor) -> None:
         out[name][t] = torch.where(ok, v, torch.nan).T.numpy()
 
-    def record(t: int, za, zb, u, A, B, B_prev=None) -> torch.Tensor:
+    def record(t: int, za, zb, u, A, B, B_prev=None, dA=None) -> torch.Tensor:
         loss = 0.5 * u.square().sum((-1, -2)) / N
         row = {
             "loss": loss,
@@ -137,20 +147,21 @@ def run_batch(
         }
         # ΔW_t = s(B A − B0 A0) = s[B − B0, B0][A; A − A0]: factors that do not cancel, so the
         # Gram matrices keep full relative precision. Likewise s[ΔB, B_prev][A; ΔA] per step.
-        stack[:, :, :r].copy_(A)
-        torch.sub(A, A0e, out=stack[:, :, r : 2 * r])
-        if B_prev is not None:
-            torch.sub(A, A_prev, out=A_prev)  # the last block becomes ΔA
-        gram = torch.matmul(stack, stack.transpose(-1, -2))  # (S, C, 3r, 3r)
-        row["norm_a"] = torch.diagonal(gram[..., :r, :r], dim1=-2, dim2=-1).sum(-1).sqrt()
-        b0 = B0e.expand_as(B)
-        L = s * torch.cat([B - b0, b0], -1)
-        g_r = gram[..., : 2 * r, : 2 * r]
-        row["dw_fro"], row["dw_spec"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)
-        if B_prev is not None:
+        At = A.transpose(-1, -2)
+        g_aa = torch.matmul(A, At)
+        row["norm_a"] = torch.diagonal(g_aa, dim1=-2, dim2=-1).sum(-1).sqrt()
+        if D0 is None:
+            row["dw_fro"], row["dw_spec"] = _lowrank_norms(s * s * _gram(B.transpose(-1, -2)), g_aa)
+        else:
+            torch.sub(A, A0e, out=D0)
+            g_r = _blocks(g_aa, torch.matmul(D0, At).transpose(-1, -2), _gram(D0))
+            b0 = B0e.expand_as(B)
+            L = s * torch.cat([B - b0, b0], -1)
+            row["dw_fro"], row["dw_spec"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)
+        if dA is not None:
+            # ΔW_t − ΔW_{t−1} = s[ΔB, B_prev][A; ΔA] with ΔA the step the optimizer took
             L = s * torch.cat([B - B_prev, B_prev], -1)
-            keep = torch.cat([torch.arange(r), torch.arange(2 * r, 3 * r)])
-            g_r = gram[..., keep, :][..., keep]
+            g_r = _blocks(g_aa, torch.matmul(dA, At).transpose(-1, -2), _gram(dA))
             row["dw_step_fro"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)[0]
         else:
             row["dw_step_fro"] = torch.zeros_like(loss)
@@ -173,10 +184,9 @@ def run_batch(
         grad_b = s * torch.matmul(g.transpose(-1, -2), za)  # (S, C, m, r)
         g_za = (s * torch.matmul(g, B)).transpose(-1, -2).reshape(S, C * r, N)  # ∂L/∂Z_Aᵀ
         torch.bmm(g_za, X, out=grad_a.view(S, C * r, n))
-        A_prev.copy_(A)
         B_prev = B.clone()
         state.step = t
-        apply_update(opt, state, "A", A, grad_a, lr_a)
+        dA = apply_update(opt, state, "A", A, grad_a, lr_a)
         apply_update(opt, state, "B", B, grad_b, lr_b)
         za_new, zb_new = features(A, B)
         dza = za_new - za
@@ -185,7 +195,7 @@ def run_batch(
         d2 = s * torch.matmul(za, dB.transpose(-1, -2))
         d3 = s * torch.matmul(dza, dB.transpose(-1, -2))
         u = zb_new - Rb
-        finite = record(t, za_new, zb_new, u, A, B, B_prev)
+        finite = record(t, za_new, zb_new, u, A, B, B_prev, dA)
         deltas = {
             "delta1": d1.abs().mean((-1, -2)),
             "delta2": d2.abs().mean((-1, -2)),

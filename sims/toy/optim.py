@@ -73,43 +73,56 @@ def apply_update(
     param: torch.Tensor,
     grad: torch.Tensor,
     lr: torch.Tensor,
-) -> None:
-    """One in-place update of ``param`` with its gradient ``grad``.
+) -> torch.Tensor:
+    """One in-place update of ``param`` with its gradient ``grad``; returns the step taken.
 
     ``lr`` broadcasts against ``param`` (one rate per configuration of the batch).
-    ``state.step`` must already count the current step (1 for the first update).
+    ``state.step`` must already count the current step (1 for the first update). The returned
+    tensor is the increment in exact arithmetic (``param_new − param_old`` before the final
+    rounding), e.g. ``−lr·g`` for GD; it lives in a work buffer that the next call overwrites.
     """
     name = cfg.name
     wd = cfg.weight_decay
-    if name == "gd":
+    if name in ("gd", "signgd"):
         if wd:
             grad = grad.add(param, alpha=wd)
-        param.sub_(lr * grad)
-        return
-    if name == "signgd":
-        if wd:
-            grad = grad.add(param, alpha=wd)
-        param.sub_(lr * torch.sign(grad))
-        return
+        step = torch.sign(grad) if name == "signgd" else grad
+        delta = step * (-lr)
+        param.add_(delta)
+        return delta
     beta1, beta2 = cfg.betas
-    if name == "adamw":
-        param.mul_(1 - lr * wd)
-    elif wd:
-        grad = grad.add(param, alpha=wd)
     mom = state.moments.get(key)
     if mom is None:
         mom = _Moments(*(torch.zeros_like(param) for _ in range(4)))
         state.moments[key] = mom
+    decay = None
+    if name == "adamw":
+        if wd:
+            decay = param * (-lr * wd)
+        param.mul_(1 - lr * wd)
+    elif wd:
+        grad = grad.add(param, alpha=wd)
     mom.exp_avg.lerp_(grad, 1 - beta1)
     mom.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     t = state.step
     bias_correction1 = 1 - beta1**t
     bias_correction2 = 1 - beta2**t
     step_size = lr / bias_correction1
-    denom = torch.sqrt(mom.exp_avg_sq, out=mom.denom).div_(bias_correction2**0.5).add_(cfg.eps)
-    # torch's addcdiv computes p + (value·m)/denom; with a per-configuration step size the
-    # product is formed first, which rounds identically.
-    param.addcdiv_(torch.mul(mom.exp_avg, -step_size, out=mom.update), denom)
+    # denom = sqrt(v)/sqrt(bc2) + eps as torch forms it (quotient rounded, then the sum), fused
+    denom = torch.sqrt(mom.exp_avg_sq, out=mom.denom)
+    torch.addcdiv(
+        torch.tensor(cfg.eps, dtype=param.dtype),
+        denom,
+        torch.tensor(bias_correction2**0.5, dtype=param.dtype),
+        out=denom,
+    )
+    # torch's addcdiv computes p + (value·m)/denom: the product, the quotient, then the sum,
+    # each rounded once. Forming them one after the other rounds identically and keeps the step.
+    update = torch.mul(mom.exp_avg, -step_size, out=mom.update).div_(denom)
+    param.add_(update)
+    if decay is not None:
+        update.add_(decay)
+    return update
 
 
 def reset_entries(state: OptimizerState, mask: torch.Tensor) -> None:
