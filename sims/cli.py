@@ -242,7 +242,78 @@ def _sweep_parametrizations(args: argparse.Namespace) -> list[Parametrization]:
     return params
 
 
+QUICK_DEFAULTS = {
+    "widths": "2^6..2^14",
+    "seeds": "8",
+    "steps": "4",
+    "optimizer": "adam",
+    "init": "A",
+    "eta": "0.01",
+    "eta_b": None,
+    "n0": "64",
+    "presets": "lora,loraplus",
+    "c_a": None,
+    "c_b": None,
+    "alpha": "1",
+    "eps": "1e-8",
+    "weight_decay": "0",
+}
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """A spec file (or --resume): the sweep engine. Otherwise the quick width comparison."""
+    given = [k for k in QUICK_DEFAULTS if getattr(args, k) is not None]
+    if args.spec is not None or args.resume:
+        if given or args.no_plot:
+            flag = "--" + (given[0] if given else "no_plot").replace("_", "-")
+            raise UsageError(f"{flag} is an option of the quick comparison; set it in the spec")
+        return cmd_sweep_spec(args)
+    for k, v in QUICK_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.executor != "local" or args.workers is not None:
+        raise UsageError("--executor and --workers apply to spec files")
+    if args.out is None:
+        args.out = "results/sweep"
+    return cmd_sweep_quick(args)
+
+
+def cmd_sweep_spec(args: argparse.Namespace) -> int:
+    """Run (or resume) a sweep described by a spec file on the chosen executor."""
+    from sims.sweep import Store, expand, load_spec, run
+
+    workers = None if args.workers is None else _positive_int("--workers", args.workers)
+    if args.spec is not None:
+        spec = load_spec(args.spec)
+        out = Path(args.out) if args.out else Path("results") / spec.name
+    else:
+        if args.out is None:
+            raise UsageError("--resume without a spec file needs --out, the sweep's folder")
+        out = Path(args.out)
+        spec = Store.open(out).spec()
+    outdir = check_output_dir(out)
+    try:
+        store = Store.open_or_create(outdir.path, spec)
+    except BaseException:
+        outdir.cleanup()
+        raise
+    jobs = expand(spec)
+    summary = run(
+        store,
+        jobs,
+        executor=args.executor,
+        workers=workers,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps({**summary.record(), "path": str(summary.path)}, indent=2))
+    else:
+        print(f"sweep {spec.name!r}: {summary.text()}")
+        print(f"read it with: loraplus-lab show {out}   or   sims.sweep.load({str(out)!r})")
+    return 0
+
+
+def cmd_sweep_quick(args: argparse.Namespace) -> int:
     """Run a width sweep, print the slope table and write results, config and the figure."""
     widths = parse_widths(args.widths)
     if len(widths) < 2:
@@ -421,6 +492,82 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- show
+def cmd_show(args: argparse.Namespace) -> int:
+    """What a stored sweep holds, how complete it is, and a summary table per width."""
+    from sims.sweep import Store
+
+    store = Store.open(Path(args.dir))
+    meta = store.meta()
+    df = store.load()
+    a = df.attrs
+    summary = summarize_store(df)
+    if args.json:
+        payload = {
+            "path": str(store.path),
+            "name": meta.get("name"),
+            "jobs_done": a["jobs_done"],
+            "jobs_total": a["jobs_total"],
+            "complete": a["complete"],
+            "rows": len(df),
+            "meta": meta,
+            "summary": summary.to_dict(orient="records"),
+        }
+        print(json.dumps(payload, indent=2, default=str))
+        return 0
+    pct = 100.0 * a["jobs_done"] / max(a["jobs_total"], 1)
+    print(
+        f"sweep {meta.get('name')!r} in {store.path}: {a['jobs_done']}/{a['jobs_total']} jobs "
+        f"done ({pct:.0f}%), {len(df):,} rows"
+    )
+    v = meta.get("versions", {})
+    print(
+        f"created {meta.get('created')} on {meta.get('host')} "
+        f"(loraplus-lab {v.get('loraplus-lab')}, torch {v.get('torch')}, "
+        f"git {str(meta.get('git_commit'))[:10]})"
+    )
+    for r in meta.get("runs", []):
+        print(
+            f"  run {r['started']} → {r['ended']}: {r['executor']} ×{r['workers']}, "
+            f"{r['jobs_run']} run, {r['jobs_skipped']} skipped, {r['diverged_runs']} diverged, "
+            f"{r['seconds']:.1f} s"
+        )
+    if not summary.empty:
+        print()
+        print(summary.to_string(index=False))
+    if not a["complete"]:
+        print(f"\nincomplete: finish it with  loraplus-lab sweep --resume --out {store.path}")
+    return 0
+
+
+def summarize_store(df) -> Any:
+    """Per width: configurations, runs, diverged runs, and the best final loss (median over
+    seeds) with the parametrization that reached it."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame()
+    last = df[df["step"] == df["step"].max()]
+    runs = df.groupby(["width", "param", "seed"])["diverged"].any()
+    med = last.groupby(["width", "param"])["loss"].median()
+    rows = []
+    for w, g in med.groupby(level="width"):
+        g = g.droplevel("width")
+        best = g.idxmin() if g.notna().any() else None
+        rw = runs.loc[w]
+        rows.append(
+            {
+                "width": w,
+                "configs": len(g),
+                "runs": len(rw),
+                "diverged": int(rw.sum()),
+                "best final loss": float(g.min()) if best is not None else float("nan"),
+                "best param": best,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``loraplus-lab`` and its subcommands."""
@@ -442,27 +589,47 @@ def build_parser() -> argparse.ArgumentParser:
             "(η_A ∝ 1/n, η_B fixed) at the same base rate."
         ),
     )
-    sw.add_argument("--widths", default="2^6..2^14", help="e.g. 64,128,256 or 2^6..2^14")
-    sw.add_argument("--seeds", default="8", help="a count (8), a list (0,3,5) or a range (0..7)")
-    sw.add_argument("--steps", default="4", help="optimizer steps (default 4)")
-    sw.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="adam")
-    sw.add_argument("--init", choices=INITS, default="A", help="Init[A] (B0 = 0) or Init[B]")
-    sw.add_argument("--eta", default="0.01", help="base rate η̃_A (and η̃_B) at width n0")
-    sw.add_argument("--eta-b", default=None, help="base rate η̃_B if different from --eta")
-    sw.add_argument("--n0", default="64", help="base width n0 of the rate rule")
     sw.add_argument(
-        "--presets",
-        default="lora,loraplus",
-        help=f"comma list from {', '.join(PRESETS)}; '' for none",
+        "spec",
+        nargs="?",
+        default=None,
+        help="a sweep spec file (TOML); without it, the quick comparison set by the options below",
     )
-    sw.add_argument("--c-a", default=None, help="add a parametrization with this c_A (e.g. -1/2)")
-    sw.add_argument("--c-b", default=None, help="... and this c_B")
-    sw.add_argument("--alpha", default="1", help="LoRA alpha (s = alpha/r)")
-    sw.add_argument("--eps", default="1e-8", help="Adam epsilon")
-    sw.add_argument("--weight-decay", default="0", help="weight decay")
-    sw.add_argument("--out", default="results/sweep", help="output folder")
-    sw.add_argument("--json", action="store_true", help="print the table as JSON")
-    sw.add_argument("--no-plot", action="store_true", help="skip the figure")
+    quick = sw.add_argument_group("quick comparison (without a spec file)")
+    quick.add_argument("--widths", help="e.g. 64,128,256 or 2^6..2^14 (default 2^6..2^14)")
+    quick.add_argument("--seeds", help="a count (8), a list (0,3,5) or a range (0..7) (default 8)")
+    quick.add_argument("--steps", help="optimizer steps (default 4)")
+    quick.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="(default adam)")
+    quick.add_argument("--init", choices=INITS, help="Init[A] (B0 = 0, default) or Init[B]")
+    quick.add_argument("--eta", help="base rate η̃_A (and η̃_B) at width n0 (default 0.01)")
+    quick.add_argument("--eta-b", help="base rate η̃_B if different from --eta")
+    quick.add_argument("--n0", help="base width n0 of the rate rule (default 64)")
+    quick.add_argument(
+        "--presets", help=f"comma list from {', '.join(PRESETS)} (default lora,loraplus)"
+    )
+    quick.add_argument("--c-a", help="add a parametrization with this c_A (e.g. -1/2)")
+    quick.add_argument("--c-b", help="... and this c_B")
+    quick.add_argument("--alpha", help="LoRA alpha, s = alpha/r (default 1)")
+    quick.add_argument("--eps", help="Adam epsilon (default 1e-8)")
+    quick.add_argument("--weight-decay", help="weight decay (default 0)")
+    quick.add_argument("--no-plot", action="store_true", help="skip the figure")
+    engine = sw.add_argument_group("spec files (the sweep engine)")
+    engine.add_argument(
+        "--executor",
+        choices=("serial", "local", "ray"),
+        default="local",
+        help="serial (in-process), local processes (default), or a Ray cluster (RAY_ADDRESS)",
+    )
+    engine.add_argument("--workers", help="parallel workers (default: all cores)")
+    engine.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep stored in --out (the spec argument may then be left out)",
+    )
+    sw.add_argument(
+        "--out", help="output folder (default results/sweep, or results/NAME for a spec)"
+    )
+    sw.add_argument("--json", action="store_true", help="print the results as JSON")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=cmd_sweep)
 
@@ -484,6 +651,15 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--out", default="results/theory", help="output folder for --phase")
     th.add_argument("--json", action="store_true", help="print as JSON")
     th.set_defaults(func=cmd_theory)
+
+    sh = sub.add_parser(
+        "show",
+        help="what a stored sweep holds, how complete it is, a summary table",
+        description="Summarise a sweep's results folder: completeness, runs, best final loss.",
+    )
+    sh.add_argument("dir", help="the sweep's output folder")
+    sh.add_argument("--json", action="store_true", help="print as JSON")
+    sh.set_defaults(func=cmd_show)
     return parser
 
 
@@ -508,6 +684,9 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loraplus-lab`` console script."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures go to files; never open a window
     parser = build_parser()
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from theory.gamma import REGIME_LABELS, PhaseDiagram  # noqa: E402
+from theory.gamma import REGIME_LABELS, PhaseDiagram
 
 DELTA_NAMES = {"delta1": "δ¹ (A moves)", "delta2": "δ² (B moves)", "delta3": "δ³ (cross)"}
 PALETTE = sns.color_palette("colorblind")
@@ -31,6 +28,7 @@ def plot_delta_coordcheck(
     *,
     quantities: Sequence[str] = ("delta1", "delta2", "delta3"),
     title: str | None = None,
+    ylabel: str = "mean |δ| over seeds",
 ) -> Figure:
     """δ magnitudes against width, one panel per step, as a coordinate check looks.
 
@@ -83,7 +81,7 @@ def plot_delta_coordcheck(
             )
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("mean |δ| over seeds")
+        ax.set_ylabel(ylabel)
     handles = [
         plt.Line2D([], [], color=PALETTE[i], label=DELTA_NAMES.get(q, q))
         for i, q in enumerate(quantities)

@@ -799,7 +799,8 @@ def largest_stable_equal_rate(
 
     Under GD Init[A] the finite-``T`` output threshold is ``−(T−1)/(2T−1)``, slightly above
     ``−1/2``: for ``c > −1/2`` each GD step multiplies ``z`` and ``b`` by ``n^{2c+1}`` (the step of
-    one factor is proportional to the other), so ``γ[Z_B,T] = (2T−1)c + T − 1``; the growth is
+    one factor is proportional to the other), so while ``U`` stays Θ(1)
+    ``γ[Z_B,T] = (2T−1)c + T − 1`` (beyond the threshold ``U`` grows too); the growth is
     finite at a finite horizon and the threshold tends to ``−1/2`` only as ``T → ∞``. Sign-GD and
     Adam normalise the step, so ``z_t = max(0, c + 1)`` does not compound.
     """

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from sims.params import Parametrization
 from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, run_batch
@@ -74,8 +74,13 @@ def simulate(
     weight_decay: float = 0.0,
     dtype: str | torch.dtype = "float64",
     divergence_bound: float = DEFAULT_DIVERGENCE_BOUND,
+    on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
 ) -> pd.DataFrame:
     """Train the LoRA factors of one toy problem and record the feature updates at every step.
+
+    ``on_step(t, tensors)`` is called after each step with the signed tensors of the step
+    (``A``, ``B``, ``Z_A``, ``Z_B``, ``delta1..3``, ``dZ_B``, ``alive``; leading dimensions
+    configuration × seed, here 1 × 1), e.g. to check ``ΔZ_B = δ¹ + δ² + δ³`` entry by entry.
 
     Returns a DataFrame with one row per step ``t = 0..steps`` and the columns ``step``, every
     statistic of :data:`sims.toy.engine.STATS` (``delta1..3`` are the mean of ``|δ¹|``, ``|δ²|``,
@@ -100,6 +105,7 @@ def simulate(
         steps,
         opt,
         divergence_bound=divergence_bound,
+        on_step=on_step,
     )
     df = pd.DataFrame({"step": np.arange(steps + 1)})
     for k in STATS:

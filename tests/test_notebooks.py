@@ -1,0 +1,144 @@
+"""The explanatory notebooks run top to bottom and show their key results.
+
+Each notebook is executed with nbclient in fast mode (``LORAPLUS_FAST=1``: fewer widths, seeds
+and grid points) in a temporary working directory, so nothing is written into the repository.
+The kernel is this interpreter's ipykernel: a ``python3`` kernelspec written into a temporary
+``JUPYTER_PATH`` (searched before any user or system kernelspec) runs ``sys.executable``, so the
+test does not depend on which kernels the machine happens to have installed.
+
+The committed notebooks carry their outputs (executed in full mode); a second test checks that
+they do, that they name the ``python3`` kernel and that their outputs hold no absolute paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+CELL_TIMEOUT = 120  # seconds per cell
+MAX_BYTES = 1_536 * 1024
+
+# Text that each notebook must print when it works (fast mode).
+EXPECTED = {
+    "01_why_equal_rates_fail.ipynb": [
+        "FAST=True",
+        "ΔZ_B = δ¹ + δ² + δ³ holds at every step",
+        "loraplus   (c_A = -1, c_B =  0): efficient",
+        "agrees",
+        "LoRA+ at n = ∞",
+        "CLT rate",
+    ],
+    "02_computing_exponents.ipynb": [
+        "FAST=True",
+        "Init[A], adam, c_A = -1, c_B = 0: efficient",
+        "efficient cells: [('-1', '0')]; any on the LoRA diagonal: False",
+        "GD's threshold matches −(T−1)/(2T−1) for every T = 1..8: True",
+        "agrees",
+        "identity: True",
+        "a scalar free of x: True",
+    ],
+}
+
+
+def _text(nb) -> str:
+    """All text the notebook's code cells produced (streams and plain-text results)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "data" in out:
+                parts.append(out["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _images(nb) -> int:
+    return sum(
+        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
+    )
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fast mode, this interpreter's kernel, and a scratch working directory."""
+    from ipykernel.kernelspec import write_kernel_spec
+
+    jupyter = tmp_path / "jupyter"
+    write_kernel_spec(jupyter / "kernels" / "python3")  # argv: sys.executable -m ipykernel_launcher
+    assert sys.executable in (jupyter / "kernels" / "python3" / "kernel.json").read_text()
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    monkeypatch.setenv("LORAPLUS_FAST", "1")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    # the package is importable in the kernel even when it is not installed
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
+    path = NOTEBOOKS / name
+    before = path.read_bytes()
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(kernel_env)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+
+    text = _text(nb)
+    for expected in EXPECTED[name]:
+        assert expected in text, f"{name}: no output contains {expected!r}"
+    assert "Traceback" not in text
+    assert _images(nb) >= 3
+    assert path.read_bytes() == before  # the notebook file itself is never rewritten
+    assert not any(kernel_env.iterdir()), "the notebook wrote files into its working directory"
+
+    if name.startswith("01"):
+        # LoRA and LoRA+: every measured slope agrees with the calculus
+        for param in ("lora", "loraplus"):
+            m = re.search(rf"^{param}: (\d+) of (\d+) \(quantity, step\) slopes agree", text, re.M)
+            assert m and m.group(1) == m.group(2), f"{param}: {m and m.group(0)}"
+        # the best ratio η_B/η_A grows like n
+        m = re.search(r"λ\* grows like n\^(-?\d+\.\d+)", text)
+        assert m and abs(float(m.group(1)) - 1.0) < 0.15, m and m.group(0)
+    else:
+        m = re.search(r"(\d+) of (\d+) measured exponents agree", text)
+        assert m and m.group(1) == m.group(2), m and m.group(0)
+        assert text.count("efficient cells: [('-1', '0')]") == 6
+        assert "identity: False" not in text and "closed form = 0: False" not in text
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_committed_notebook_has_outputs(name: str) -> None:
+    path = NOTEBOOKS / name
+    assert path.stat().st_size < MAX_BYTES, f"{name} is {path.stat().st_size} bytes"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.get("execution_count") for c in code), "not executed top to bottom"
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    text = _text(nb)
+    assert "FAST=False" in text  # committed at full size
+    for cell in code:
+        for out in cell.outputs:
+            assert out.output_type != "error", f"{name}: a committed cell failed"
+    assert str(REPO) not in text and "/tmp/" not in text, "absolute paths in the outputs"
