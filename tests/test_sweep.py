@@ -1,0 +1,295 @@
+"""The sweep engine: jobs, the resumable store, executors, crash safety and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sims.cli import main
+from sims.sweep import Store, StoreError, expand, load, load_spec, parse_spec, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+name = "tiny"
+steps = 3
+optimizer = "adam"
+seeds = 2
+widths = [64, 128, 256]
+chunk = 2
+
+[problem]
+kind = "paper"
+
+[[parametrizations]]
+preset = "lora"
+eta = [0.001, 0.01]
+
+[[parametrizations]]
+preset = "loraplus"
+eta_a = [0.001, 0.01]
+eta_b = 0.01
+
+[[parametrizations]]
+c_a = -1
+c_b = 0
+init = "B"
+eta = 0.01
+"""
+
+
+def _spec(tmp_path: Path, text: str = TINY, name: str = "tiny.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_jobs_have_stable_distinct_keys(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    jobs = expand(spec)
+    # 3 widths × (Init[A]: 4 configs in chunks of 2 → 2 jobs; Init[B]: 1 job)
+    assert len(jobs) == 9
+    assert len({j.key for j in jobs}) == 9
+    again = expand(parse_spec(TINY.replace("seeds = 2", "seeds = [0, 1]")))
+    assert [j.key for j in jobs] == [j.key for j in again]
+    changed = expand(parse_spec(TINY.replace("steps = 3", "steps = 4")))
+    assert not {j.key for j in jobs} & {j.key for j in changed}
+
+
+def test_run_store_load_and_rerun_skips(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    store = Store.open_or_create(tmp_path / "out", spec)
+    first = run(store, expand(spec), executor="serial", progress=False)
+    assert (first.jobs_run, first.jobs_skipped) == (9, 0)
+    df = load(tmp_path / "out")
+    assert df.attrs["complete"] and len(df) == 3 * 5 * 2 * 4  # widths × configs × seeds × steps+1
+    second = run(store, expand(spec), executor="serial", progress=False)
+    assert (second.jobs_run, second.jobs_skipped) == (0, 9)
+    meta = store.meta()
+    assert len(meta["runs"]) == 2 and meta["versions"]["torch"]
+    assert (tmp_path / "out" / "spec.toml").read_text() == TINY
+
+
+def test_executors_give_identical_results(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    frames = {}
+    for executor, workers in (("serial", None), ("local", 2), ("ray", 2)):
+        if executor == "ray":
+            pytest.importorskip("ray")
+        store = Store.open_or_create(tmp_path / executor, spec)
+        summary = run(store, expand(spec), executor=executor, workers=workers, progress=False)
+        assert summary.jobs_run == 9
+        frames[executor] = load(tmp_path / executor)
+    pd.testing.assert_frame_equal(frames["serial"], frames["local"], check_exact=True)
+    pd.testing.assert_frame_equal(frames["serial"], frames["ray"], check_exact=True)
+
+
+def test_a_different_spec_is_refused(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["sweep", str(_spec(tmp_path)), "--out", str(out), "--executor", "serial"]) == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    other = _spec(tmp_path, TINY.replace("steps = 3", "steps = 5"), "other.toml")
+    assert main(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a different sweep" in err and "steps" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_corrupted_and_truncated_files_are_named(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    store = Store.open_or_create(tmp_path / "out", spec)
+    run(store, expand(spec)[:2], executor="serial", progress=False)
+    victim = sorted((tmp_path / "out" / "jobs").glob("*.parquet"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=victim.name):
+        load(tmp_path / "out")
+    # a flipped byte inside the data: caught by the parquet reader or by the checksum
+    for pos in range(len(data) // 4, len(data) // 2, 97):
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        victim.write_bytes(bytes(bad))
+        try:
+            df = store.read_job(victim.stem)
+        except StoreError as e:
+            assert victim.name in str(e)
+        else:  # the byte was in padding or metadata that does not change the content
+            victim.write_bytes(data)
+            assert df.equals(store.read_job(victim.stem))
+    victim.write_bytes(data)
+    assert not load(tmp_path / "out").attrs["complete"]
+
+
+def test_resume_without_spec_and_show(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    spec = load_spec(_spec(tmp_path))
+    store = Store.open_or_create(out, spec)
+    run(store, expand(spec)[:4], executor="serial", progress=False)
+    assert main(["show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "4/9 jobs done" in text and "--resume" in text
+    assert main(["sweep", "--resume", "--out", str(out), "--executor", "serial", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["jobs_run"] == 5 and payload["jobs_skipped"] == 4
+    assert main(["show", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep", "missing.toml"], "missing.toml"),
+        (["sweep", "--resume"], "holds no sweep"),
+        (["sweep", "SPEC", "--widths", "64,128"], "--widths"),
+        (["sweep", "SPEC", "--workers", "0"], "--workers"),
+        (["sweep", "SPEC", "--executor", "slurm"], "invalid choice"),
+        (["show", "nowhere"], "holds no sweep"),
+    ],
+)
+def test_cli_errors(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path)
+    argv = [
+        str(spec) if a == "SPEC" else str(tmp_path / a) if a.endswith(".toml") else a for a in argv
+    ]
+    if argv[0] == "show":
+        argv[1] = str(tmp_path / argv[1])
+    out = tmp_path / "out"
+    try:
+        rc = main([*argv, "--out", str(out)] if argv[0] == "sweep" else argv)
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _sweep_cmd(spec: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "sims.cli",
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--quiet",
+        "--workers",
+        "2",
+    ]
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+    """Kill the whole sweep (driver and workers) five times at random moments; the store stays
+    readable after each kill, and --resume completes it with every job exactly once and the
+    same DataFrame as an uninterrupted run."""
+    text = TINY.replace("widths = [64, 128, 256]", "widths = [512, 1024, 2048, 4096, 8192]")
+    text = text.replace("steps = 3", "steps = 200").replace("chunk = 2", "chunk = 1")
+    spec_path = _spec(tmp_path, text)
+    spec = load_spec(spec_path)
+    expected_keys = {j.key for j in expand(spec)}
+    out = tmp_path / "killed"
+    rng = random.Random(1234)
+    kills = 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for _ in range(30):
+        proc = subprocess.Popen(
+            _sweep_cmd(spec_path, out),
+            start_new_session=True,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(rng.uniform(0.5, 4.0))
+        if proc.poll() is not None:  # finished before the kill
+            break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if (out / "spec.json").exists():
+            partial = load(out)  # every finished job readable, no half-written one
+            assert partial.attrs["jobs_done"] == len(Store(out).done_keys())
+            if len(partial):
+                assert set(partial["job"].unique()) <= expected_keys
+        if kills >= 5 and len(Store(out).done_keys()) > 0:
+            break
+    assert kills >= 5
+    done_before = Store(out).done_keys()
+    assert done_before < expected_keys, "the kills should interrupt the sweep"
+    proc = subprocess.run(
+        [*_sweep_cmd(spec_path, out), "--resume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p.name for p in (out / "jobs").iterdir())
+    assert files == sorted(f"{k}.parquet" for k in expected_keys)  # exactly once, no leftovers
+    reference_store = Store.open_or_create(tmp_path / "reference", spec)
+    run(reference_store, expand(spec), executor="serial", progress=False)
+    pd.testing.assert_frame_equal(load(out), load(tmp_path / "reference"), check_exact=True)
+    last = Store(out).meta()["runs"][-1]  # killed runs leave no record; the resume does
+    assert last["jobs_skipped"] == len(done_before)
+    assert last["jobs_run"] == len(expected_keys - done_before)
+
+
+def test_example_specs_parse_and_small_runs(tmp_path: Path) -> None:
+    for p in sorted((ROOT / "specs").glob("*.toml")):
+        load_spec(p)
+    spec = load_spec(ROOT / "specs" / "small.toml")
+    store = Store.open_or_create(tmp_path / "small", spec)
+    t0 = time.perf_counter()
+    summary = run(store, expand(spec), executor="local", workers=2, progress=False)
+    assert summary.jobs_run == len(expand(spec)) >= 8
+    assert time.perf_counter() - t0 < 120  # generous; the spec is meant for < 1 min on 2 cores
+    assert load(tmp_path / "small").attrs["complete"]
+
+
+MALFORMED = [
+    ("unknown key", TINY.replace("chunk = 2", "chunk = 2\nchnuk = 3"), "chnuk"),
+    ("wrong type", TINY.replace("steps = 3", 'steps = "3"'), "steps"),
+    ("empty grid", TINY.replace("eta = [0.001, 0.01]", "eta = []"), "eta"),
+    ("negative width", TINY.replace("[64, 128, 256]", "[64, -128]"), "widths[1]"),
+    ("non-positive rate", TINY.replace("eta_b = 0.01", "eta_b = 0"), "eta_b"),
+    ("unknown preset", TINY.replace('"loraplus"', '"lora+"'), "preset"),
+    ("unknown optimizer", TINY.replace('"adam"', '"adagrad"'), "optimizer"),
+    ("seeds not integers", TINY.replace("seeds = 2", "seeds = [0.5, 1]"), "seeds[0]"),
+    (
+        "grid too large for the memory limit",
+        TINY.replace("chunk = 2", "chunk = 2\nmemory_limit_mb = 0.001"),
+        "memory_limit_mb",
+    ),
+    ("missing file", None, "no-such-spec.toml"),
+]
+
+
+@pytest.mark.parametrize("kind, text, key", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_spec_exit_2_nothing_written(
+    kind: str, text: str | None, key: str, tmp_path: Path
+) -> None:
+    spec = tmp_path / "no-such-spec.toml" if text is None else _spec(tmp_path, text, "bad.toml")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sims.cli", "sweep", str(spec), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(spec.name) in err and key in err, err
+    assert not out.exists()
