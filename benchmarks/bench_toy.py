@@ -106,15 +106,26 @@ def main() -> None:
         f"{steps} steps, Adam, Init[A], float64, torch threads {torch.get_num_threads()}"
     )
 
-    t0 = time.perf_counter()
-    simulate_batch(widths, params, seeds, steps=steps, progress=False)
-    t_batch = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loop_baseline(widths, params, seeds, steps)
-    t_loop = time.perf_counter() - t0
-    print(f"batched simulator : {n_cfg_steps / t_batch:12,.0f} configuration·steps/s")
-    print(f"per-config loop   : {n_cfg_steps / t_loop:12,.0f} configuration·steps/s")
-    print(f"ratio batched/loop: {t_loop / t_batch:8.1f}×   (target ≥ 30× at widths ≥ 2^12)")
+    simulate_batch([widths[0]], params[:2], seeds[:1], steps=2, progress=False)  # warm-ups
+    loop_baseline([widths[0]], params[:2], seeds[:1], 2)
+    total_b = total_l = 0.0
+    for w in widths:
+        n_cs = len(params) * len(seeds) * steps
+        t0 = time.perf_counter()
+        simulate_batch([w], params, seeds, steps=steps, progress=False)
+        t_batch = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loop_baseline([w], params, seeds, steps)
+        t_loop = time.perf_counter() - t0
+        total_b += t_batch
+        total_l += t_loop
+        print(
+            f"width 2^{w.bit_length() - 1}: batched {n_cs / t_batch:9,.0f}, loop "
+            f"{n_cs / t_loop:7,.0f} configuration·steps/s; ratio {t_loop / t_batch:5.1f}×"
+        )
+    print(f"batched simulator : {n_cfg_steps / total_b:12,.0f} configuration·steps/s")
+    print(f"per-config loop   : {n_cfg_steps / total_l:12,.0f} configuration·steps/s")
+    print(f"ratio batched/loop: {total_l / total_b:8.1f}×   (target ≥ 30× at widths ≥ 2^12)")
 
     K, steps_r = 10_000, 200
     rng = np.random.default_rng(0)
