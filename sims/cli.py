@@ -492,6 +492,32 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- figures
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Regenerate every figure (or one) into the figures folder."""
+    from sims import figures
+
+    if args.list:
+        for f in figures.FIGURES.values():
+            print(f"{f.name:<22} {f.caption}")
+        return 0
+    names = None
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        for n in names:
+            if n not in figures.FIGURES:
+                raise UsageError(f"unknown figure {n!r}; choose from {', '.join(figures.FIGURES)}")
+    outdir = check_output_dir(Path(args.out))
+    try:
+        t0 = time.perf_counter()
+        figures.generate(names, out=outdir.path, fast=args.fast)
+        print(f"done in {time.perf_counter() - t0:.1f} s; see {outdir.path / 'README.md'}")
+    except BaseException:
+        outdir.cleanup()
+        raise
+    return 0
+
+
 # ----------------------------------------------------------------------------- show
 def cmd_show(args: argparse.Namespace) -> int:
     """What a stored sweep holds, how complete it is, and a summary table per width."""
@@ -651,6 +677,20 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--out", default="results/theory", help="output folder for --phase")
     th.add_argument("--json", action="store_true", help="print as JSON")
     th.set_defaults(func=cmd_theory)
+
+    fg = sub.add_parser(
+        "figures",
+        help="regenerate every figure into figures/ (with its data and a gallery README)",
+        description=(
+            "Run each figure's experiment (deterministic by seed) and draw it into --out, with "
+            "the data in --out/data and --out/README.md describing every figure."
+        ),
+    )
+    fg.add_argument("--only", help="comma list of figure names (see --list)")
+    fg.add_argument("--list", action="store_true", help="list the figures and exit")
+    fg.add_argument("--fast", action="store_true", help="small versions (for tests)")
+    fg.add_argument("--out", default="figures", help="output folder (default figures)")
+    fg.set_defaults(func=cmd_figures)
 
     sh = sub.add_parser(
         "show",

@@ -165,3 +165,101 @@ def _edges(c: np.ndarray) -> np.ndarray:
         return np.array([c[0] - 0.5, c[0] + 0.5])
     mid = (c[1:] + c[:-1]) / 2
     return np.concatenate([[2 * c[0] - mid[0]], mid, [2 * c[-1] - mid[-1]]])
+
+
+def plot_landscapes(
+    surfaces: Sequence, optima: pd.DataFrame, *, title: str | None = None, value: str = "loss"
+) -> Figure:
+    """One heatmap of ``log10`` mean loss per width over ``(log2 η_A, log2 η_B)``, with the
+    near-optimal set (within 1% of the best) outlined, the equal-rate diagonal dashed, the fitted
+    optimum (star) and the best equal-rate point (circle)."""
+    from sims.landscape import near_optimal
+
+    n = len(surfaces)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.5), squeeze=False)
+    for ax, s in zip(axes[0], surfaces, strict=True):
+        M = s.mean()
+        extent = [s.u[0] - 0.5, s.u[-1] + 0.5, s.v[0] - 0.5, s.v[-1] + 0.5]
+        im = ax.imshow(np.log10(M).T, origin="lower", extent=extent, cmap="viridis", aspect="auto")
+        near = near_optimal(M).astype(float)
+        ax.contour(s.u, s.v, near.T, levels=[0.5], colors="w", linewidths=1.2)
+        lo, hi = max(s.u[0], s.v[0]), min(s.u[-1], s.v[-1])
+        ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
+        row = optima[optima["width"] == s.width].iloc[0]
+        ax.plot(row["log2_eta_a"], row["log2_eta_b"], "*", color="#d55e00", ms=13, mec="w")
+        ax.plot(row["diag_log2_eta"], row["diag_log2_eta"], "o", color="#cc79a7", ms=7, mec="w")
+        ax.set_title(f"n = {s.width}", fontsize=9)
+        ax.set_xlabel("log2 η_A")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=f"log10 {value}")
+    axes[0, 0].set_ylabel("log2 η_B")
+    handles = [
+        plt.Line2D([], [], color="#d55e00", marker="*", ls="", ms=10, label="optimum (fit)"),
+        plt.Line2D([], [], color="#cc79a7", marker="o", ls="", label="best equal rates"),
+        plt.Line2D([], [], color="k", ls="--", label="η_A = η_B"),
+        plt.Line2D([], [], color="0.5", lw=1.2, label="within 1% of best"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_optimal_rates(
+    optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None = None
+) -> Figure:
+    """``log2 η_A*``, ``log2 η_B*`` and ``log2 λ*`` against ``log2 n`` with least-squares lines;
+    the legend gives each fitted slope with its bootstrap interval and the predicted slope."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    x = np.log2(optima["width"].to_numpy(float))
+    names = {"log2_eta_a": "η_A*", "log2_eta_b": "η_B*", "log2_ratio": "λ* = η_B*/η_A*"}
+    for k, (key, label) in enumerate(names.items()):
+        y = optima[key].to_numpy(float)
+        f = fits[fits["quantity"] == key].iloc[0]
+        ax.plot(x, y, MARKERS[k], color=PALETTE[k])
+        ok = np.isfinite(y)
+        if ok.sum() >= 2:
+            b = np.polyfit(x[ok], y[ok], 1)
+            ax.plot(
+                x,
+                np.polyval(b, x),
+                "-",
+                color=PALETTE[k],
+                lw=1.2,
+                label=f"log2 {label}: slope {f.slope:+.2f} [{f.ci_low:+.2f}, "
+                f"{f.ci_high:+.2f}], predicted {f.predicted:+.0f}",
+            )
+    ax.set_xlabel("log2 width n")
+    ax.set_ylabel("log2 of the optimal rate / ratio")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_gap(optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Best loss with equal rates against the best loss overall, as the width grows."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.5))
+    w = optima["width"]
+    ax1.plot(w, optima["best_loss"], "o-", color=PALETTE[0], label="best over (η_A, η_B)")
+    ax1.plot(w, optima["diag_loss"], "s--", color=PALETTE[1], label="best with η_A = η_B")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("width n")
+    ax1.set_ylabel("loss after T steps")
+    ax1.legend(fontsize=8)
+    ax1.grid(True, alpha=0.3)
+    f = fits[fits["quantity"] == "log2_gap"].iloc[0]
+    ax2.plot(w, 100 * optima["gap"], "D-", color=PALETTE[2])
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("width n")
+    ax2.set_ylabel("equal-rate penalty (L_diag − L*)/L*  [%]")
+    ax2.set_title(
+        f"slope of log2 gap: {f.slope:+.2f} [{f.ci_low:+.2f}, {f.ci_high:+.2f}]", fontsize=8
+    )
+    ax2.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -206,7 +206,8 @@ def test_divergence_is_recorded_and_the_rest_goes_on() -> None:
     assert (first == steps.loc[first.index]).all()
     assert h.loc[h["diverged"], list(STATS)].isna().all().all()
     ok = df[df["param"] == "loraplus"]
-    assert not ok["diverged"].any() and ok.loc[ok["step"] >= 1, list(STATS)].notna().all().all()
+    recorded = [k for k in STATS if k != "test_loss"]  # no test set here
+    assert not ok["diverged"].any() and ok.loc[ok["step"] >= 1, recorded].notna().all().all()
     alone = simulate_batch([64, 128], [fine], [0, 1], steps=5, optimizer="gd")
     np.testing.assert_array_equal(ok[list(STATS)].to_numpy(), alone[list(STATS)].to_numpy())
 
@@ -290,3 +291,20 @@ def test_weight_change_norms_match_dense() -> None:
 def test_bad_input_raises_value_error(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_test_loss_on_held_out_samples() -> None:
+    prob = ToyProblem.general(64, 3, rank=2, samples=6, noise=0.1, test_samples=5)
+    assert prob.X_test.shape == (5, 64) and prob.y_test.shape == (5, 1)
+    seen = {}
+    df = simulate(
+        prob, eta_a=0.01, eta_b=0.02, steps=3, on_step=lambda t, st: seen.update({t: st})
+    )
+    A, B = seen[3]["A"][0, 0].numpy(), seen[3]["B"][0, 0].numpy()
+    f = prob.X_test @ (prob.W_star + prob.scale * B @ A).T
+    expected = 0.5 * ((f - prob.y_test) ** 2).sum() / 5
+    assert df.loc[3, "test_loss"] == pytest.approx(expected, rel=1e-12)
+    assert df["test_loss"].notna().all()
+    # same teacher: the held-out residual has the scale of the training one
+    assert 0.1 < prob.residual0_test().std() / prob.residual0().std() < 10
+    assert simulate(ToyProblem.paper(64, 0), eta_a=0.1, eta_b=0.1, steps=1)["test_loss"].isna().all()

@@ -27,7 +27,7 @@ from sims.sweep.spec import SweepSpec
 
 #: Bump when the simulator's results change for the same configuration: old stores then refuse
 #: to mix with new results instead of silently doing so.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
 
 
 @dataclass(frozen=True)

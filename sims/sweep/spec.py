@@ -86,6 +86,8 @@ PROBLEM_OPTIONS: dict[str, dict[str, Any]] = {
         "shift": 1.0,
         "noise": 0.0,
         "sigma_b": 1.0,
+        "test_samples": 0,
+        "latent_dim": 0,
     },
 }
 #: Defaults of the optional top-level keys.
@@ -103,7 +105,7 @@ DEFAULTS: dict[str, Any] = {
 #: moments and work buffers, step and difference tensors), likewise for ``B`` and the features.
 ARRAYS_PER_CONFIG = 10
 #: Columns of the tidy result rows a job returns, 8 bytes each, per configuration × seed × step.
-RESULT_COLUMNS = 32
+RESULT_COLUMNS = 33
 
 _BYTES = {"float64": 8, "float32": 4}
 _TOP_KEYS = (
@@ -170,7 +172,8 @@ class SweepSpec:
         name: the sweep's name (letters, digits, ``._+-``).
         problem: ``"paper"`` or ``"general"``.
         problem_options: every keyword option of the problem constructor, defaults filled in
-            (``sigma_b`` for the paper toy; ``rank, outputs, samples, shift, noise, sigma_b``
+            (``sigma_b`` for the paper toy; ``rank, outputs, samples, shift, noise, sigma_b,
+            test_samples, latent_dim``
             for the general one, ``outputs`` an int or ``"n"``).
         widths: sorted, unique, positive widths.
         seeds: sorted, unique, non-negative seeds.
@@ -561,6 +564,8 @@ def _problem(ck: _Checker, value: Any, widths: tuple[int, ...]) -> tuple[str, di
             opts[k] = ck.real(key, v, positive=False)
         elif k == "sigma_b":
             opts[k] = ck.real(key, v, positive=True)
+        elif k in ("test_samples", "latent_dim"):
+            opts[k] = ck.integer(key, v, 0, "a non-negative integer")
     rank = opts.get("rank", 1)
     if rank > widths[0]:
         ck.fail("problem.rank", f"rank {rank} is above the smallest width {widths[0]}")

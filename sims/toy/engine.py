@@ -27,6 +27,7 @@ from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_
 #: Every statistic recorded per configuration × seed × step.
 STATS = (
     "loss",
+    "test_loss",
     "delta1",
     "delta2",
     "delta3",
@@ -80,6 +81,8 @@ def run_batch(
     *,
     divergence_bound: float = DEFAULT_DIVERGENCE_BOUND,
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    X_test: torch.Tensor | None = None,
+    R_test: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Simulate ``C`` configurations × ``S`` seeds for ``steps`` steps.
 
@@ -93,6 +96,8 @@ def run_batch(
         steps: number of optimizer steps.
         opt: optimizer and its hyper-parameters.
         divergence_bound: a configuration diverges when its loss exceeds this or turns non-finite.
+        X_test, R_test: optional held-out inputs ``(S, N_test, n)`` and residual targets
+            ``(S, N_test, m)``; their loss is ``test_loss`` (NaN without them).
         on_step: called after each step with the step number and the signed tensors of that
             step (``A``, ``B``, ``Z_A``, ``Z_B``, ``delta1..3``, ``dZ_B``, and ``alive``, the
             ``(C, S)`` mask of configurations that have not diverged): progress bars and
@@ -136,6 +141,13 @@ def run_batch(
     def store(t: int, name: str, v: torch.Tensor, ok: torch.Tensor) -> None:
         out[name][t] = torch.where(ok, v, torch.nan).T.numpy()
 
+    def test_loss(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        n_test = X_test.shape[1]
+        za = torch.bmm(A.view(S, C * r, n), X_test.transpose(-1, -2))
+        za = za.view(S, C, r, n_test).transpose(-1, -2)
+        u = s * torch.matmul(za, B.transpose(-1, -2)) - R_test.unsqueeze(1)
+        return 0.5 * u.square().sum((-1, -2)) / n_test
+
     def record(t: int, za, zb, u, A, B, B_prev=None, dA=None) -> torch.Tensor:
         loss = 0.5 * u.square().sum((-1, -2)) / N
         row = {
@@ -168,6 +180,9 @@ def run_batch(
         finite = torch.isfinite(loss) & (loss <= divergence_bound)
         for v in row.values():
             finite &= torch.isfinite(v)
+        if X_test is not None:
+            row["test_loss"] = test_loss(A, B)
+            finite &= torch.isfinite(row["test_loss"])
         ok = finite & alive
         for k, v in row.items():
             store(t, k, v, ok)

@@ -29,7 +29,23 @@ if TYPE_CHECKING:
     from theory.reduced import ReducedToy
 
 # stream identifiers for np.random.default_rng([seed, stream, row])
-_X, _A, _B, _W, _TEACHER_U, _TEACHER_V, _TARGET, _NOISE, _SPAN = range(9)
+(
+    _X,
+    _A,
+    _B,
+    _W,
+    _TEACHER_U,
+    _TEACHER_V,
+    _TARGET,
+    _NOISE,
+    _SPAN,
+    _X_TEST,
+    _NOISE_TEST,
+    _EMBED,
+    _LATENT,
+    _LATENT_TEST,
+    _TEACHER_W,
+) = range(15)
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -55,7 +71,11 @@ def _coupled_rows(seed: int, stream: int, rows: int, X: np.ndarray) -> np.ndarra
     if N >= n:
         return h / math.sqrt(n)
     evals, evecs = np.linalg.eigh(X @ X.T)
-    Q = X.T @ (evecs / np.sqrt(evals)) @ evecs.T  # (n, N), orthonormal columns
+    keep = evals > evals.max() * N * np.finfo(float).eps  # inputs may span fewer than N dims
+    inv_sqrt = np.zeros_like(evals)
+    inv_sqrt[keep] = 1 / np.sqrt(evals[keep])
+    # Q = Xᵀ(XXᵀ)^{+1/2}: QQᵀ projects on the span of the inputs, so Qξ ~ N(0, P_span)
+    Q = X.T @ (evecs * inv_sqrt) @ evecs.T
     xi = np.random.default_rng([seed, stream, _SPAN]).standard_normal((rows, N))
     return (h - (h @ Q) @ Q.T + xi @ Q.T) / math.sqrt(n)
 
@@ -79,6 +99,8 @@ class ToyProblem:
         A0: initial ``A``, shape ``(r, n)``.
         B0: initial ``B``, shape ``(m, r)``.
         scale: the LoRA multiplier ``s`` (``α/r`` or ``α/√r``).
+        X_test: optional held-out inputs, shape ``(N_test, n)`` (``None``: no test set).
+        y_test: their targets, shape ``(N_test, m)``.
     """
 
     X: np.ndarray
@@ -87,6 +109,8 @@ class ToyProblem:
     A0: np.ndarray
     B0: np.ndarray
     scale: float = 1.0
+    X_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
     @classmethod
     def from_arrays(
@@ -97,14 +121,24 @@ class ToyProblem:
         A0: np.ndarray,
         B0: np.ndarray,
         scale: float = 1.0,
+        X_test: np.ndarray | None = None,
+        y_test: np.ndarray | None = None,
     ) -> ToyProblem:
         """A problem from arrays X (N,n), y (N,m), W* (m,n), A0 (r,n), B0 (m,r), shapes checked.
+
+        ``X_test`` (N_test, n) and ``y_test`` (N_test, m), both or neither, add a held-out set
+        whose loss is recorded as ``test_loss``.
 
         Use it to replay a state you care about. Raises ``ValueError`` naming the first
         inconsistent shape or non-finite value.
         """
+        if (X_test is None) != (y_test is None):
+            raise ValueError("X_test and y_test go together")
         arrays = {}
-        for name, arr in (("X", X), ("y", y), ("W_star", W_star), ("A0", A0), ("B0", B0)):
+        named = [("X", X), ("y", y), ("W_star", W_star), ("A0", A0), ("B0", B0)]
+        if X_test is not None:
+            named += [("X_test", X_test), ("y_test", y_test)]
+        for name, arr in named:
             a = np.array(arr, dtype=np.float64, copy=True)
             if a.ndim != 2:
                 raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
@@ -116,6 +150,9 @@ class ToyProblem:
         r = arrays["A0"].shape[0]
         m = arrays["W_star"].shape[0]
         expected = {"X": (N, n), "y": (N, m), "W_star": (m, n), "A0": (r, n), "B0": (m, r)}
+        if X_test is not None:
+            n_test = arrays["X_test"].shape[0]
+            expected.update({"X_test": (n_test, n), "y_test": (n_test, m)})
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise ValueError(
@@ -176,12 +213,20 @@ class ToyProblem:
         shift: float = 1.0,
         noise: float = 0.0,
         sigma_b: float = 1.0,
+        test_samples: int = 0,
+        latent_dim: int = 0,
     ) -> ToyProblem:
         """The generalised toy: rank ``r``, ``m`` outputs (an int, or ``"n"``: m = n), N samples.
 
         Targets come from a teacher with a Θ(1) low-rank shift:
         ``y_i = W* x_i + shift · u (vᵀ x_i)/√n + noise · ξ_i`` with ``u ~ N(0, I_m)``,
-        ``v ~ N(0, I_n)``, ``ξ_i ~ N(0, I_m)``.
+        ``v ~ N(0, I_n)``, ``ξ_i ~ N(0, I_m)``. ``test_samples`` held-out inputs from the same
+        distribution and teacher give the ``test_loss`` column.
+
+        ``latent_dim = k > 0`` puts the inputs on a ``k``-dimensional subspace, ``x = E z/√k``
+        with ``E ∈ R^{n×k}`` (``N(0, 1)`` entries, so coordinates stay Θ(1)) and ``z ~ N(0, I_k)``,
+        and makes the teacher's shift ``u (wᵀz)/√k`` (``w ~ N(0, I_k)``): the task is then
+        learnable from ``N ≳ k`` samples at every width, which the test loss needs.
         """
         width = _check_positive_int("width", width)
         seed = _check_seed(seed)
@@ -197,15 +242,47 @@ class ToyProblem:
         for name, v in (("shift", shift), ("noise", noise)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-        X = _normal_rows(seed, _X, samples, width)
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)):
+            raise ValueError(f"latent_dim must be a non-negative integer, got {latent_dim!r}")
+        if latent_dim < 0:
+            raise ValueError(f"latent_dim must be a non-negative integer, got {latent_dim!r}")
+        k = int(latent_dim)
+        if k:
+            E = _normal_rows(seed, _EMBED, k, width).T  # (n, k), columns prefix-stable in n
+            w = np.random.default_rng([seed, _TEACHER_W]).standard_normal(k)
+
+            def inputs(stream: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+                Z = np.random.default_rng([seed, stream]).standard_normal((count, k))
+                return Z @ E.T / math.sqrt(k), Z @ w / math.sqrt(k)
+
+            X, t_train = inputs(_LATENT, samples)
+        else:
+            X = _normal_rows(seed, _X, samples, width)
+            v = _coupled_rows(seed, _TEACHER_V, 1, X)[0]  # N(0, I/n): vᵀx = Θ(1)
+            t_train = X @ v
         W = _normal_rows(seed, _W, m, width) / math.sqrt(width)
         u = np.random.default_rng([seed, _TEACHER_U]).standard_normal(m)
-        v = _coupled_rows(seed, _TEACHER_V, 1, X)[0]  # N(0, I/n): vᵀx = Θ(1)
-        y = X @ W.T + shift * np.outer(X @ v, u)
+        y = X @ W.T + shift * np.outer(t_train, u)
         if noise > 0:
             y = y + noise * np.random.default_rng([seed, _NOISE]).standard_normal((samples, m))
+        test: dict[str, np.ndarray] = {}
+        if isinstance(test_samples, bool) or not isinstance(test_samples, (int, np.integer)):
+            raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
+        if test_samples < 0:
+            raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
+        if test_samples:
+            if k:
+                Xt, t_test = inputs(_LATENT_TEST, int(test_samples))
+            else:
+                Xt = _normal_rows(seed, _X_TEST, int(test_samples), width)
+                t_test = Xt @ v
+            yt = Xt @ W.T + shift * np.outer(t_test, u)
+            if noise > 0:
+                rng = np.random.default_rng([seed, _NOISE_TEST])
+                yt = yt + noise * rng.standard_normal((int(test_samples), m))
+            test = {"X_test": Xt, "y_test": yt}
         A0, B0 = _init_factors(seed, init, rank, m, X, sigma_b)
-        return cls.from_arrays(X, y, W, A0, B0, scale=lora_scale(alpha, rank, alpha_rule))
+        return cls.from_arrays(X, y, W, A0, B0, scale=lora_scale(alpha, rank, alpha_rule), **test)
 
     @property
     def width(self) -> int:
@@ -230,6 +307,12 @@ class ToyProblem:
     def residual0(self) -> np.ndarray:
         """``y − W* x`` per sample, shape ``(N, m)``: what ``Z_B`` has to fit."""
         return self.y - self.X @ self.W_star.T
+
+    def residual0_test(self) -> np.ndarray | None:
+        """``y − W* x`` on the held-out set, or ``None`` without one."""
+        if self.X_test is None:
+            return None
+        return self.y_test - self.X_test @ self.W_star.T
 
     def reduced(self) -> ReducedToy:
         """The exact 2-D reduction ``(z, b)`` of a rank-1 single-sample single-output problem."""

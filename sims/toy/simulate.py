@@ -62,6 +62,16 @@ def _stack(problems: Sequence[ToyProblem], dtype: torch.dtype) -> tuple[torch.Te
     )
 
 
+def _stack_test(problems: Sequence[ToyProblem], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``X_test``/``R_test`` keyword arguments of :func:`run_batch` (empty without a test set)."""
+    if problems[0].X_test is None:
+        return {}
+    return {
+        "X_test": torch.from_numpy(np.stack([p.X_test for p in problems])).to(dtype),
+        "R_test": torch.from_numpy(np.stack([p.residual0_test() for p in problems])).to(dtype),
+    }
+
+
 def simulate(
     problem: ToyProblem,
     *,
@@ -106,6 +116,7 @@ def simulate(
         opt,
         divergence_bound=divergence_bound,
         on_step=on_step,
+        **_stack_test([problem], dt),
     )
     df = pd.DataFrame({"step": np.arange(steps + 1)})
     for k in STATS:
@@ -234,6 +245,7 @@ def simulate_batch(
                     opt,
                     divergence_bound=divergence_bound,
                     on_step=lambda _t, _state: bar.update(1),
+                    **_stack_test(problems, dt),
                 )
                 frames.append(_tidy(res, width, group, seeds, steps, rank))
     finally:

@@ -1,0 +1,286 @@
+"""Learning-rate landscapes across widths: optima, near-optimal sets and scaling fits.
+
+A landscape is the loss after ``T`` steps over a log2 grid of ``(η_A, η_B)`` at one width,
+averaged over seeds. The theory (DESIGN.md §1) predicts for Adam-type optimizers that the best
+``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio ``λ* = η_B*/η_A*`` grows
+like ``n``, and the best loss reachable with equal rates falls behind the best overall as the
+width grows. This module locates the optimum robustly (a quadratic fit of ``log loss`` in a window
+around the grid minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling
+of the optima against width with bootstrap confidence intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage, stats
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Loss on a log2 grid at one width: ``loss[s, i, j]`` for seed ``s``, ``u[i] = log2 η_A``,
+    ``v[j] = log2 η_B`` (NaN where a run diverged)."""
+
+    width: int
+    u: np.ndarray
+    v: np.ndarray
+    loss: np.ndarray
+    seeds: np.ndarray
+
+    def mean(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Mean over seeds (or the resampled seeds ``idx``); a diverged seed makes a cell NaN."""
+        L = self.loss if idx is None else self.loss[idx]
+        return L.mean(axis=0)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """Where the loss is smallest: ``u = log2 η_A*``, ``v = log2 η_B*``, the loss there, how it
+    was found (``"quadratic"`` fit or grid ``"argmin"``), and whether it sits on the grid's edge
+    (then it is a bound, not an estimate)."""
+
+    u: float
+    v: float
+    loss: float
+    method: str
+    at_edge: bool
+
+
+def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -> list[Surface]:
+    """Landscapes from tidy simulator rows (columns ``width, seed, step, eta_a, eta_b,
+    diverged`` and ``loss``), at ``step`` (default: the last), one per width.
+
+    The rate grid must be a full product grid at each width; ``η`` values are the actual rates
+    at that width (``eta_a``, ``eta_b`` columns).
+    """
+    for c in ("width", "seed", "step", "eta_a", "eta_b", "diverged", loss):
+        if c not in df.columns:
+            raise ValueError(f"the results have no column {c!r}")
+    step = int(df["step"].max()) if step is None else step
+    d = df[df["step"] == step]
+    if d.empty:
+        raise ValueError(f"no rows at step {step}")
+    out = []
+    for width, g in d.groupby("width"):
+        u = np.log2(g["eta_a"].to_numpy())
+        v = np.log2(g["eta_b"].to_numpy())
+        ug, vg = np.unique(np.round(u, 9)), np.unique(np.round(v, 9))
+        seeds = np.sort(g["seed"].unique())
+        if len(ug) < 3 or len(vg) < 3:
+            raise ValueError(
+                f"width {width}: the rate grid has {len(ug)} × {len(vg)} points; "
+                "a landscape needs at least 3 × 3"
+            )
+        L = np.full((len(seeds), len(ug), len(vg)), np.nan)
+        si = np.searchsorted(seeds, g["seed"].to_numpy())
+        ui = np.searchsorted(ug, np.round(u, 9))
+        vi = np.searchsorted(vg, np.round(v, 9))
+        vals = g[loss].to_numpy(dtype=float)
+        vals = np.where(g["diverged"].to_numpy(), np.nan, vals)
+        L[si, ui, vi] = vals
+        out.append(Surface(int(width), ug, vg, L, seeds))
+    return out
+
+
+def find_optimum(
+    u: np.ndarray,
+    v: np.ndarray,
+    loss: np.ndarray,
+    *,
+    window: int = 2,
+    smooth: float = 0.5,
+    anchor: tuple[int, int] | None = None,
+) -> Optimum:
+    """The minimum of a loss surface on a log2 grid.
+
+    The grid minimum of ``log loss`` smoothed with a Gaussian of ``smooth`` grid cells (diverged
+    cells count as the worst finite loss) picks the basin; a quadratic ``a + b·du + c·dv + d·du²
+    + e·dv² + f·du·dv`` is then fitted by least squares to the unsmoothed ``log loss`` in a
+    ``(2·window + 1)²`` window around it (``anchor``, a grid cell, fixes the basin instead). The
+    vertex is the optimum when the fit is convex and the vertex lies inside the window;
+    otherwise the grid minimum is kept. ``loss`` at the optimum is the (unsmoothed) grid value
+    nearest to it.
+    """
+    u, v = np.asarray(u, float), np.asarray(v, float)
+    L = np.asarray(loss, float)
+    if L.shape != (len(u), len(v)):
+        raise ValueError(f"loss has shape {L.shape}, expected {(len(u), len(v))}")
+    if len(u) < 3 or len(v) < 3:
+        raise ValueError(f"a landscape needs at least a 3 × 3 grid, got {len(u)} × {len(v)}")
+    finite = np.isfinite(L) & (L > 0)
+    if not finite.any():
+        raise ValueError("every cell of the landscape diverged")
+    logL = np.where(finite, np.log(np.where(finite, L, 1.0)), np.log(L[finite]).max())
+    S = ndimage.gaussian_filter(logL, smooth, mode="nearest") if smooth > 0 else logL
+    i0, j0 = np.unravel_index(np.argmin(S), S.shape) if anchor is None else anchor
+    at_edge = i0 in (0, len(u) - 1) or j0 in (0, len(v) - 1)
+    grid_opt = Optimum(float(u[i0]), float(v[j0]), float(L[i0, j0]), "argmin", at_edge)
+    if at_edge:
+        return grid_opt
+    i_lo, i_hi = max(0, i0 - window), min(len(u), i0 + window + 1)
+    j_lo, j_hi = max(0, j0 - window), min(len(v), j0 + window + 1)
+    uu, vv = np.meshgrid(u[i_lo:i_hi] - u[i0], v[j_lo:j_hi] - v[j0], indexing="ij")
+    z = logL[i_lo:i_hi, j_lo:j_hi]  # the fit itself on the unsmoothed surface: no edge bias
+    X = np.column_stack(
+        [
+            np.ones(uu.size),
+            uu.ravel(),
+            vv.ravel(),
+            uu.ravel() ** 2,
+            vv.ravel() ** 2,
+            (uu * vv).ravel(),
+        ]
+    )
+    coef, *_ = np.linalg.lstsq(X, z.ravel(), rcond=None)
+    _, b, c, d, e, f = coef
+    H = np.array([[2 * d, f], [f, 2 * e]])
+    if np.all(np.linalg.eigvalsh(H) > 1e-12):
+        du, dv = np.linalg.solve(H, [-b, -c])
+        if (
+            u[i_lo] - u[i0] <= du <= u[i_hi - 1] - u[i0]
+            and v[j_lo] - v[j0] <= dv <= v[j_hi - 1] - v[j0]
+        ):
+            ui, vi = u[i0] + du, v[j0] + dv
+            ii = int(np.argmin(np.abs(u - ui)))
+            jj = int(np.argmin(np.abs(v - vi)))
+            return Optimum(float(ui), float(vi), float(L[ii, jj]), "quadratic", False)
+    return grid_opt
+
+
+def near_optimal(loss: np.ndarray, tol: float = 0.01) -> np.ndarray:
+    """Cells whose loss is within ``tol`` (relative) of the best finite loss."""
+    L = np.asarray(loss, float)
+    if not np.isfinite(L).any():
+        raise ValueError("every cell of the landscape diverged")
+    best = np.nanmin(L)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(L) & (L <= best * (1 + tol) if best >= 0 else L <= best * (1 - tol))
+
+
+def diagonal_best(u: np.ndarray, v: np.ndarray, loss: np.ndarray) -> tuple[float, float]:
+    """The best loss with equal rates ``η_A = η_B`` (grid cells where ``u == v``) and its
+    ``log2 η``. Raises if the two axes share no value."""
+    u, v = np.asarray(u, float), np.asarray(v, float)
+    common = np.intersect1d(np.round(u, 9), np.round(v, 9))
+    if common.size == 0:
+        raise ValueError("the η_A and η_B grids share no value: no equal-rate diagonal")
+    iu = np.searchsorted(np.round(u, 9), common)
+    iv = np.searchsorted(np.round(v, 9), common)
+    diag = np.asarray(loss, float)[iu, iv]
+    if not np.isfinite(diag).any():
+        return float("nan"), float("nan")
+    k = int(np.nanargmin(diag))
+    return float(diag[k]), float(common[k])
+
+
+def optima_table(surfs: Sequence[Surface], **kwargs) -> pd.DataFrame:
+    """Per width: ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*``, the best loss, the best loss on the
+    diagonal, their relative gap, how the optimum was found, and the near-optimal set's size."""
+    rows = []
+    for s in surfs:
+        M = s.mean()
+        opt = find_optimum(s.u, s.v, M, **kwargs)
+        diag, diag_u = diagonal_best(s.u, s.v, M)
+        best = float(np.nanmin(M))
+        rows.append(
+            {
+                "width": s.width,
+                "log2_eta_a": opt.u,
+                "log2_eta_b": opt.v,
+                "log2_ratio": opt.v - opt.u,
+                "best_loss": best,
+                "diag_loss": diag,
+                "diag_log2_eta": diag_u,
+                "gap": (diag - best) / best if best > 0 else float("nan"),
+                "method": opt.method,
+                "at_edge": opt.at_edge,
+                "near_optimal_cells": int(near_optimal(M).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+#: The calculus's prediction for the slopes against log2 n (Adam-type optimizers).
+PREDICTED = {"log2_eta_a": -1.0, "log2_eta_b": 0.0, "log2_ratio": 1.0}
+
+
+def scaling_fits(
+    surfs: Sequence[Surface],
+    *,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+    **kwargs,
+) -> pd.DataFrame:
+    """Slopes against ``log2 n`` of ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` and of the relative
+    gap ``log2((L_diag − L*)/L*)``, with percentile bootstrap intervals over seeds (the same
+    resampled seeds at every width), and the predicted slopes.
+
+    A resample locates each optimum within the basin the full data selects (the local fit starts
+    from the same grid cell): landscapes of Adam have a long valley along ``η_A·η_B ≈ const``,
+    and a resample that jumps to its far end would measure the valley, not the optimum.
+    """
+    if len(surfs) < 2:
+        raise ValueError(f"scaling fits need at least two widths, got {len(surfs)}")
+    seeds = surfs[0].seeds
+    for s in surfs:
+        if not np.array_equal(s.seeds, seeds):
+            raise ValueError("every width must have the same seeds")
+    x = np.log2([s.width for s in surfs])
+    keys = ["log2_eta_a", "log2_eta_b", "log2_ratio", "log2_gap"]
+    anchors = []
+    for s in surfs:
+        o = find_optimum(s.u, s.v, s.mean(), **kwargs)
+        anchors.append((int(np.argmin(np.abs(s.u - o.u))), int(np.argmin(np.abs(s.v - o.v)))))
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        vals = np.empty((len(keys), len(surfs)))
+        for k, s in enumerate(surfs):
+            M = s.mean(idx)
+            opt = find_optimum(s.u, s.v, M, anchor=anchors[k], **kwargs)
+            best = np.nanmin(M)
+            diag, _ = diagonal_best(s.u, s.v, M)
+            gap = (diag - best) / best if best > 0 else np.nan
+            vals[:, k] = [opt.u, opt.v, opt.v - opt.u, np.log2(gap) if gap > 0 else np.nan]
+        return np.array([_ols_slope(x, row) for row in vals])
+
+    point = statistic(np.arange(len(seeds)))
+    low = high = np.full(len(keys), np.nan)
+    if len(seeds) >= 2:
+        with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (np.arange(len(seeds)),),
+                statistic,
+                n_resamples=n_boot,
+                vectorized=False,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    rows = []
+    for k, key in enumerate(keys):
+        pred = PREDICTED.get(key)
+        rows.append(
+            {
+                "quantity": key,
+                "slope": float(point[k]),
+                "ci_low": float(low[k]),
+                "ci_high": float(high[k]),
+                "predicted": pred if pred is not None else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _ols_slope(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(x[ok], y[ok], 1)[0])

@@ -1,0 +1,129 @@
+"""Landscapes: the optimum finder, near-optimal sets, the diagonal, scaling fits, and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sims import landscape
+from sims.cli import main
+
+U = np.arange(-16.0, 0.0)
+V = np.arange(-16.0, 0.0)
+
+
+def bowl(u0: float, v0: float, *, a=0.3, b=0.2, c=0.1, floor=0.05) -> np.ndarray:
+    """A loss surface with its minimum at (u0, v0), off the grid, and a tilted basin."""
+    du, dv = np.meshgrid(U - u0, V - v0, indexing="ij")
+    return floor * np.exp(a * du**2 + b * dv**2 + c * du * dv)
+
+
+@pytest.mark.parametrize("u0, v0", [(-8.3, -4.6), (-5.5, -10.2), (-12.0, -3.0), (-2.7, -2.4)])
+def test_optimum_finder_recovers_a_known_optimum(u0: float, v0: float) -> None:
+    opt = landscape.find_optimum(U, V, bowl(u0, v0))
+    assert opt.method == "quadratic" and not opt.at_edge
+    assert abs(opt.u - u0) < 0.05 and abs(opt.v - v0) < 0.05
+
+
+def test_optimum_finder_is_robust_to_noise_and_divergence() -> None:
+    rng = np.random.default_rng(0)
+    L = bowl(-7.4, -5.2) * np.exp(0.05 * rng.standard_normal((16, 16)))
+    L[12:, 12:] = np.nan  # a diverged corner
+    opt = landscape.find_optimum(U, V, L)
+    assert abs(opt.u + 7.4) < 0.3 and abs(opt.v + 5.2) < 0.3
+
+
+def test_optimum_on_the_edge_is_flagged() -> None:
+    opt = landscape.find_optimum(U, V, bowl(-20.0, -5.0))
+    assert opt.at_edge and opt.method == "argmin" and opt.u == U[0]
+
+
+def test_near_optimal_set_and_diagonal() -> None:
+    L = bowl(-6.0, -6.0, a=1.0, b=1.0, c=0.0)
+    near = landscape.near_optimal(L, tol=0.01)
+    assert near.sum() == 1 and near[10, 10]
+    assert landscape.near_optimal(L, tol=10.0).sum() > 1
+    best, at = landscape.diagonal_best(U, V, bowl(-9.0, -3.0))
+    assert at == -6.0 and best > bowl(-9.0, -3.0).min()
+    with pytest.raises(ValueError, match="share no value"):
+        landscape.diagonal_best(U + 0.5, V, L)
+
+
+def _rows(width: int, L: np.ndarray, seeds=(0, 1, 2)) -> pd.DataFrame:
+    uu, vv = np.meshgrid(U, V, indexing="ij")
+    rng = np.random.default_rng(width)
+    frames = []
+    for s in seeds:
+        frames.append(
+            pd.DataFrame(
+                {
+                    "width": width,
+                    "seed": s,
+                    "step": 5,
+                    "eta_a": 2.0 ** uu.ravel(),
+                    "eta_b": 2.0 ** vv.ravel(),
+                    "diverged": False,
+                    "loss": (L * np.exp(0.01 * rng.standard_normal(L.shape))).ravel(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_scaling_fits_recover_the_predicted_slopes() -> None:
+    widths = [64, 256, 1024, 4096]
+    # optimum at log2 η_A* = 2 − log2 n, log2 η_B* = −5, and a diagonal penalty growing with n
+    df = pd.concat(
+        [_rows(w, bowl(2 - np.log2(w), -5.2, c=0.0) * (1 + 0.0 * w)) for w in widths],
+        ignore_index=True,
+    )
+    surfs = landscape.surfaces(df)
+    assert [s.width for s in surfs] == widths
+    table = landscape.optima_table(surfs)
+    assert table["gap"].iloc[-1] > table["gap"].iloc[0]  # the optimum leaves the diagonal
+    fits = landscape.scaling_fits(surfs, n_boot=50).set_index("quantity")
+    assert fits.loc["log2_eta_a", "slope"] == pytest.approx(-1.0, abs=0.05)
+    assert fits.loc["log2_eta_b", "slope"] == pytest.approx(0.0, abs=0.05)
+    assert fits.loc["log2_ratio", "slope"] == pytest.approx(1.0, abs=0.05)
+    assert fits.loc["log2_gap", "slope"] > 0
+    assert (fits["ci_low"] <= fits["slope"] + 1e-9).all()
+    assert (fits["slope"] <= fits["ci_high"] + 1e-9).all()
+
+
+def test_bad_grids_and_single_width() -> None:
+    df = _rows(64, bowl(-6.0, -6.0))
+    one_point = df[(df["eta_a"] == 2.0**-6) & (df["eta_b"] == 2.0**-6)]
+    with pytest.raises(ValueError, match="3 × 3"):
+        landscape.surfaces(one_point)
+    with pytest.raises(ValueError, match="no rows"):
+        landscape.surfaces(df, step=99)
+    with pytest.raises(ValueError, match="two widths"):
+        landscape.scaling_fits(landscape.surfaces(df))
+    with pytest.raises(ValueError, match="3 × 3"):
+        landscape.find_optimum(U[:2], V, np.ones((2, 16)))
+    with pytest.raises(ValueError, match="diverged"):
+        landscape.find_optimum(U, V, np.full((16, 16), np.nan))
+
+
+def test_figure_built_end_to_end_in_fast_mode(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "figs"
+    assert main(["figures", "--fast", "--only", "linear_optimal_rates", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "slope of log2_eta_a" in text and "predicted -1" in text
+    assert (out / "linear_optimal_rates.png").stat().st_size > 10_000
+    assert (out / "data" / "linear_landscape.csv").stat().st_size > 0
+    readme = (out / "README.md").read_text()
+    assert "## linear_optimal_rates" in readme and "loraplus-lab figures --only" in readme
+
+
+def test_figures_list_and_unknown_name(tmp_path: Path, capsys) -> None:
+    assert main(["figures", "--list"]) == 0
+    assert "phase_diagram" in capsys.readouterr().out
+    out = tmp_path / "figs"
+    assert main(["figures", "--only", "nope", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown figure 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
