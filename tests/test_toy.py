@@ -297,9 +297,7 @@ def test_test_loss_on_held_out_samples() -> None:
     prob = ToyProblem.general(64, 3, rank=2, samples=6, noise=0.1, test_samples=5)
     assert prob.X_test.shape == (5, 64) and prob.y_test.shape == (5, 1)
     seen = {}
-    df = simulate(
-        prob, eta_a=0.01, eta_b=0.02, steps=3, on_step=lambda t, st: seen.update({t: st})
-    )
+    df = simulate(prob, eta_a=0.01, eta_b=0.02, steps=3, on_step=lambda t, st: seen.update({t: st}))
     A, B = seen[3]["A"][0, 0].numpy(), seen[3]["B"][0, 0].numpy()
     f = prob.X_test @ (prob.W_star + prob.scale * B @ A).T
     expected = 0.5 * ((f - prob.y_test) ** 2).sum() / 5
@@ -307,4 +305,6 @@ def test_test_loss_on_held_out_samples() -> None:
     assert df["test_loss"].notna().all()
     # same teacher: the held-out residual has the scale of the training one
     assert 0.1 < prob.residual0_test().std() / prob.residual0().std() < 10
-    assert simulate(ToyProblem.paper(64, 0), eta_a=0.1, eta_b=0.1, steps=1)["test_loss"].isna().all()
+    assert (
+        simulate(ToyProblem.paper(64, 0), eta_a=0.1, eta_b=0.1, steps=1)["test_loss"].isna().all()
+    )
