@@ -105,6 +105,16 @@ def _positive_float(name: str, text: str) -> float:
     return v
 
 
+def _nonnegative_int(name: str, text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise UsageError(f"{name} must be a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise UsageError(f"{name} must be a non-negative integer, got {text!r}")
+    return v
+
+
 def _nonnegative_float(name: str, text: str) -> float:
     try:
         v = float(text)
@@ -492,6 +502,107 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- real models
+def _quiet_transformers() -> None:
+    """Keep transformers' and the Hub's own progress bars and warnings off stderr (errors are
+    reported by this command in one line)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def parse_rates(name: str, text: str) -> list[float]:
+    """``1e-4,3e-4``, ``2^-10,2^-8`` or a doubling range ``2^-12..2^-8``; every rate > 0."""
+
+    def one(tok: str) -> float:
+        t = tok.strip()
+        m = re.fullmatch(r"2\^(-?\d+(?:\.\d+)?)", t)
+        try:
+            v = 2.0 ** float(m.group(1)) if m else float(t)
+        except ValueError:
+            raise UsageError(f"{name}: bad rate {tok!r}") from None
+        if not math.isfinite(v) or v <= 0:
+            raise UsageError(f"{name}: rates must be positive, got {tok!r}")
+        return v
+
+    if ".." in text:
+        lo, _, hi = text.partition("..")
+        a, b = one(lo), one(hi)
+        if b < a:
+            raise UsageError(f"{name}: range {text!r} runs backwards")
+        out = [a]
+        while out[-1] * 2 <= b * (1 + 1e-12):
+            out.append(out[-1] * 2)
+        return out
+    out = [one(t) for t in text.split(",") if t.strip()]
+    if not out:
+        raise UsageError(f"{name}: no rate in {text!r}")
+    return out
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Finetune a real model with LoRA or LoRA+ (the paper's GLUE setting by default)."""
+    _quiet_transformers()
+    from sims.realmodels.finetune import finetune
+
+    lr = _positive_float("--lr", args.lr)
+    ratio = 1.0 if args.lora else _positive_float("--ratio", args.ratio)
+    grid = None
+    if args.grid_eta_a or args.grid_eta_b or args.grid_ratio:
+        if not args.grid_eta_a or not (args.grid_eta_b or args.grid_ratio):
+            raise UsageError("--grid-eta-a goes with --grid-eta-b or --grid-ratio")
+        if args.grid_eta_b and args.grid_ratio:
+            raise UsageError("give --grid-eta-b or --grid-ratio, not both")
+        grid = {"eta_a": parse_rates("--grid-eta-a", args.grid_eta_a)}
+        if args.grid_eta_b:
+            grid["eta_b"] = parse_rates("--grid-eta-b", args.grid_eta_b)
+        else:
+            grid["ratio"] = parse_rates("--grid-ratio", args.grid_ratio)
+    length = {}
+    if args.steps is not None:
+        length["steps"] = _positive_int("--steps", args.steps)
+    if args.epochs is not None:
+        length["epochs"] = _positive_float("--epochs", args.epochs)
+    options = {}
+    if args.max_samples is not None:
+        options["max_samples"] = _positive_int("--max-samples", args.max_samples)
+    if args.max_length is not None:
+        options["max_length"] = _positive_int("--max-length", args.max_length)
+    if args.offline:
+        options["offline"] = True
+    bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
+    targets = args.target_modules.split(",") if args.target_modules else None
+    summary = finetune(
+        args.model,
+        args.task,
+        out=args.out,
+        lr=lr,
+        ratio=ratio,
+        policy=args.policy,
+        batch_size=_positive_int("--batch-size", args.batch_size),
+        r=_positive_int("--r", args.r),
+        alpha=_positive_float("--alpha", args.alpha),
+        target_modules=targets,
+        seed=_nonnegative_int("--seed", args.seed),
+        bf16=bf16,
+        grid=grid,
+        use_trainer=not args.no_trainer,
+        overwrite=args.overwrite,
+        progress=not args.quiet and sys.stderr.isatty(),
+        **length,
+        **options,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    if not args.json:
+        print(f"results in {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- figures
 def cmd_figures(args: argparse.Namespace) -> int:
     """Regenerate every figure (or one) into the figures folder."""
@@ -677,6 +788,43 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--out", default="results/theory", help="output folder for --phase")
     th.add_argument("--json", action="store_true", help="print as JSON")
     th.set_defaults(func=cmd_theory)
+
+    ft = sub.add_parser(
+        "finetune",
+        help="finetune a real model with LoRA or LoRA+ (GLUE or local CSV/JSONL data)",
+        description=(
+            "The LoRA+ paper's GLUE setting by default: a classification head, r = 8, the "
+            "paper's target modules per architecture, AdamW, 3 epochs, batch 32, λ = 16. Works "
+            "offline from a local model folder and local data files; on a GPU when present "
+            "(bf16 where supported), on the CPU otherwise. Needs loraplus-lab[realmodels]."
+        ),
+    )
+    ft.add_argument("--model", required=True, help="local model folder or Hub name")
+    ft.add_argument("--task", required=True, help="glue/<name>, FILE.csv or FILE.jsonl")
+    ft.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    ft.add_argument("--lr", default="1e-4", help="η_A (default 1e-4)")
+    ft.add_argument("--ratio", default="16", help="λ = η_B/η_A (default 16)")
+    ft.add_argument("--lora", action="store_true", help="plain LoRA: λ = 1")
+    ft.add_argument("--policy", choices=("theory", "peft"), default="theory")
+    ft.add_argument("--epochs", help="training epochs (default 3)")
+    ft.add_argument("--steps", help="training steps instead of epochs")
+    ft.add_argument("--batch-size", default="32")
+    ft.add_argument("--r", default="8", help="LoRA rank (default 8)")
+    ft.add_argument("--alpha", default="8", help="LoRA alpha (default 8)")
+    ft.add_argument("--target-modules", help="comma list (default: the paper's per architecture)")
+    ft.add_argument("--seed", default="0")
+    ft.add_argument("--bf16", choices=("auto", "on", "off"), default="auto")
+    ft.add_argument("--grid-eta-a", help="grid of η_A: 1e-5,1e-4 or 2^-16..2^-12")
+    ft.add_argument("--grid-eta-b", help="grid of η_B (product with --grid-eta-a)")
+    ft.add_argument("--grid-ratio", help="grid of λ instead of η_B")
+    ft.add_argument("--no-trainer", action="store_true", help="the plain accelerate loop")
+    ft.add_argument("--max-samples", help="use at most this many training examples")
+    ft.add_argument("--max-length", help="tokens per example (default 128)")
+    ft.add_argument("--offline", action="store_true", help="never reach the Hub")
+    ft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ft.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ft.add_argument("--quiet", action="store_true", help="no progress bar")
+    ft.set_defaults(func=cmd_finetune)
 
     fg = sub.add_parser(
         "figures",

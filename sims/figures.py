@@ -168,7 +168,7 @@ def collect_rank(fast: bool) -> pd.DataFrame:
     from sims.toy import simulate_batch
 
     ranks = [1, 4] if fast else [1, 2, 4, 8, 16]
-    width = 256 if fast else 1024
+    width = 256 if fast else 512
     frames = []
     for rule in ("lora", "rslora"):
         for r in ranks:
@@ -346,7 +346,7 @@ def plot_reduced_vs_full(df: pd.DataFrame) -> Figure:
         f, r = g[g["kind"] == "full"], g[g["kind"] == "reduced"]
         c = PALETTE[k % len(PALETTE)]
         ax1.plot(f["step"], f["loss"], "o", ms=3, color=c, alpha=0.7)
-        ax1.plot(r["step"], r["loss"], "-", lw=1, color=c, label=f"n = {w}")
+        ax1.plot(r["step"], r["loss"], "-", lw=1, color=c, label=f"n = {int(w)}")
     lim = d0[d0["kind"] == "limit"]
     ax1.plot(lim["step"], lim["loss"], "k--", lw=1.5, label="n → ∞")
     ax1.set_yscale("log")

@@ -34,8 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = "good bad great awful fine movie film plot acting was is the a very not really".split()
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 SENTENCES = [
-    "good movie", "bad film", "very good plot", "awful acting", "great film", "not good",
-    "fine movie", "really bad plot",
+    "good movie",
+    "bad film",
+    "very good plot",
+    "awful acting",
+    "great film",
+    "not good",
+    "fine movie",
+    "really bad plot",
 ]
 
 
@@ -92,8 +98,12 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     rows = [SENTENCES[i % len(SENTENCES)] for i in range(32)]
     labels = ["pos" if i % 2 == 0 else "neg" for i in range(32)]
     pd.DataFrame({"text": rows, "label": labels}).to_csv(root / "train.csv", index=False)
-    return {"root": root, "roberta": root / "roberta", "gpt2": root / "gpt2",
-            "csv": root / "train.csv"}
+    return {
+        "root": root,
+        "roberta": root / "roberta",
+        "gpt2": root / "gpt2",
+        "csv": root / "train.csv",
+    }
 
 
 def _lora_model(path: Path, num_labels: int = 2, seed: int = 0):
@@ -306,8 +316,7 @@ def _loop_parts(assets, seed=3):
     tok = models.load_tokenizer(assets["roberta"])
     task = data.load_task(assets["csv"], tok)
     model = _lora_model(assets["roberta"])
-    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-2, ratio=16,
-                                    weight_decay=0.01)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-2, ratio=16, weight_decay=0.01)
     sched = get_scheduler("linear", opt, num_warmup_steps=1, num_training_steps=6)
     loader = train.make_dataloader(task.dataset, tok, batch_size=8, seed=seed)
     return model, opt, loader, sched
@@ -332,8 +341,14 @@ def test_resume_is_bit_identical(assets, tmp_path):
     assert len(first) == 3
     saved = sorted(p.name for p in ckpt.iterdir())
     assert saved == ["step-00000002", "step-00000003"]
-    assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng-0.pt",
-            "state.json", "metrics.csv"} <= {p.name for p in (ckpt / saved[-1]).iterdir()}
+    assert {
+        "trainable.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng-0.pt",
+        "state.json",
+        "metrics.csv",
+    } <= {p.name for p in (ckpt / saved[-1]).iterdir()}
 
     model, opt, loader, sched = _loop_parts(assets)  # a fresh process would start like this
     resumed = train.train_loop(
@@ -350,8 +365,17 @@ def test_resume_is_bit_identical(assets, tmp_path):
 
     model, opt, loader, sched = _loop_parts(assets)
     with pytest.raises(ValueError) as err:
-        train.train_loop(model, opt, loader, steps=6, scheduler=sched, seed=4, progress=False,
-                         resume_from=ckpt, accelerator=train.make_accelerator(seed=4))
+        train.train_loop(
+            model,
+            opt,
+            loader,
+            steps=6,
+            scheduler=sched,
+            seed=4,
+            progress=False,
+            resume_from=ckpt,
+            accelerator=train.make_accelerator(seed=4),
+        )
     assert "seed" in _one_line(err)
 
 
@@ -494,8 +518,16 @@ def _bad_csv(tmp_path: Path, name: str, content: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "case", ["unknown_model", "no_label_column", "nan_label", "bad_targets", "ratio_zero",
-             "ratio_negative", "lr_zero"],
+    "case",
+    [
+        "unknown_model",
+        "no_label_column",
+        "nan_label",
+        "bad_targets",
+        "ratio_zero",
+        "ratio_negative",
+        "lr_zero",
+    ],
 )
 def test_finetune_bad_input_writes_nothing(assets, tmp_path, case):
     model, task, kw = str(assets["roberta"]), assets["csv"], {}
@@ -531,7 +563,48 @@ def test_finetune_grid_bad_input_writes_nothing(assets, tmp_path):
         ([(1e-3, 1e-2)], {"r": 0}),
     ):
         with pytest.raises(ValueError) as err:
-            finetune(assets["roberta"], assets["csv"], out=out, steps=1, grid=grid,
-                     progress=False, **kw)
+            finetune(
+                assets["roberta"], assets["csv"], out=out, steps=1, grid=grid, progress=False, **kw
+            )
         _one_line(err)
         assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_finetune_runs_offline(assets, tmp_path, capsys):
+    from sims.cli import main
+
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(assets["roberta"]), "--task", str(assets["csv"]),
+            "--out", str(out), "--steps", "2", "--batch-size", "8", "--offline", "--json",
+            "--bf16", "off"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "config.json").exists() and (out / "metrics.csv").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["ratio"] == 16.0 if "ratio" in cfg else True
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--model": "no-such-org/no-such-model"}, "no-such-model"),
+        ({"--ratio": "0"}, "--ratio"),
+        ({"--ratio": "-2"}, "--ratio"),
+        ({"--target-modules": "nothing_here"}, "nothing_here"),
+        ({"--task": "MISSING_LABEL"}, "label"),
+    ],
+)
+def test_cli_finetune_bad_input_exit_2_nothing_written(assets, tmp_path, capsys, change, message):
+    from sims.cli import main
+
+    if change.get("--task") == "MISSING_LABEL":
+        bad = tmp_path / "nolabel.csv"
+        pd.DataFrame({"text": SENTENCES}).to_csv(bad, index=False)
+        change = {"--task": str(bad)}
+    args = {"--model": str(assets["roberta"]), "--task": str(assets["csv"]),
+            "--out": str(tmp_path / "run"), "--steps": "1", **change}  # fmt: skip
+    argv = ["finetune", "--offline", *[x for kv in args.items() for x in kv]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
