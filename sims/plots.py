@@ -13,7 +13,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from theory.gamma import REGIME_LABELS, PhaseDiagram
 
@@ -181,8 +181,12 @@ def plot_landscapes(
         M = s.mean()
         extent = [s.u[0] - 0.5, s.u[-1] + 0.5, s.v[0] - 0.5, s.v[-1] + 0.5]
         im = ax.imshow(np.log10(M).T, origin="lower", extent=extent, cmap="viridis", aspect="auto")
-        near = near_optimal(M).astype(float)
-        ax.contour(s.u, s.v, near.T, levels=[0.5], colors="w", linewidths=1.2)
+        du = s.u[1] - s.u[0] if len(s.u) > 1 else 1.0
+        dv = s.v[1] - s.v[0] if len(s.v) > 1 else 1.0
+        for i, j in zip(*np.nonzero(near_optimal(M)), strict=True):
+            ax.add_patch(
+                Rectangle((s.u[i] - du / 2, s.v[j] - dv / 2), du, dv, fill=False, ec="w", lw=1.2)
+            )
         lo, hi = max(s.u[0], s.v[0]), min(s.u[-1], s.v[-1])
         ax.plot([lo, hi], [lo, hi], "w--", lw=0.8)
         row = optima[optima["width"] == s.width].iloc[0]

@@ -13,6 +13,23 @@ from typing import Any
 _EXPORTS = {
     "create_loraplus_optimizer": "optimizer",
     "optimizer_audit": "optimizer",
+    "format_audit": "optimizer",
+    "load_model": "models",
+    "load_tokenizer": "models",
+    "lora_config_for": "models",
+    "apply_lora": "models",
+    "GLUE_TARGET_MODULES": "models",
+    "load_task": "data",
+    "LoraPlusTrainer": "train",
+    "LoraPlusArguments": "train",
+    "train_loop": "train",
+    "make_accelerator": "train",
+    "make_dataloader": "train",
+    "finetune": "finetune",
+    "expand_grid": "finetune",
+    "make_model": "ladders",
+    "run_coordcheck": "coordcheck",
+    "coordcheck_slopes": "coordcheck",
 }
 
 __all__ = sorted(_EXPORTS)
