@@ -82,6 +82,12 @@ def collect_linear_landscape(fast: bool) -> pd.DataFrame:
     from sims.toy import simulate_batch
 
     params = _grid_params(-14, -2, 2.0) if fast else _grid_params(-16, -1)
+    # equal rates on a line four times finer than the grid: the best equal-rate loss is then
+    # not an artifact of where the grid's diagonal crosses the valley
+    line = 2.0 ** np.arange(
+        -14 if fast else -16, (-2 if fast else -1) + 1e-9, 0.5 if fast else 0.25
+    )
+    params += [Parametrization(f"diag{k}", e, e, 0, 0) for k, e in enumerate(line)]
     widths = [64, 256, 1024] if fast else [64, 256, 1024, 4096]
     df = simulate_batch(
         widths,

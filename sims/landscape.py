@@ -30,6 +30,19 @@ class Surface:
     v: np.ndarray
     loss: np.ndarray
     seeds: np.ndarray
+    diag_u: np.ndarray | None = None
+    diag_loss: np.ndarray | None = None
+
+    def diagonal(self, idx: np.ndarray | None = None) -> tuple[float, float]:
+        """Best loss with equal rates and its ``log2 η``: from the separate equal-rate runs when
+        there are any (a finer line than the grid's diagonal), else from the grid's diagonal."""
+        if self.diag_loss is None:
+            return diagonal_best(self.u, self.v, self.mean(idx))
+        line = (self.diag_loss if idx is None else self.diag_loss[idx]).mean(axis=0)
+        if not np.isfinite(line).any():
+            return float("nan"), float("nan")
+        k = int(np.nanargmin(line))
+        return float(line[k]), float(self.diag_u[k])
 
     def mean(self, idx: np.ndarray | None = None) -> np.ndarray:
         """Mean over seeds (or the resampled seeds ``idx``); a diverged seed makes a cell NaN."""
@@ -41,13 +54,14 @@ class Surface:
 class Optimum:
     """Where the loss is smallest: ``u = log2 η_A*``, ``v = log2 η_B*``, the loss there, how it
     was found (``"quadratic"`` fit or grid ``"argmin"``), and whether it sits on the grid's edge
-    (then it is a bound, not an estimate)."""
+    (then it is a bound, not an estimate); ``cell`` is the grid cell the local fit started from."""
 
     u: float
     v: float
     loss: float
     method: str
     at_edge: bool
+    cell: tuple[int, int] = (0, 0)
 
 
 def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -> list[Surface]:
@@ -64,6 +78,13 @@ def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -
     d = df[df["step"] == step]
     if d.empty:
         raise ValueError(f"no rows at step {step}")
+    is_line = (
+        d["param"].astype(str).str.startswith("diag")
+        if "param" in d.columns
+        else pd.Series(False, index=d.index)
+    )
+    lines = d[is_line]
+    d = d[~is_line]
     out = []
     for width, g in d.groupby("width"):
         u = np.log2(g["eta_a"].to_numpy())
@@ -82,7 +103,18 @@ def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -
         vals = g[loss].to_numpy(dtype=float)
         vals = np.where(g["diverged"].to_numpy(), np.nan, vals)
         L[si, ui, vi] = vals
-        out.append(Surface(int(width), ug, vg, L, seeds))
+        diag_u = diag_loss = None
+        gl = lines[lines["width"] == width]
+        if not gl.empty:
+            du = np.log2(gl["eta_a"].to_numpy())
+            diag_u = np.unique(np.round(du, 9))
+            diag_loss = np.full((len(seeds), len(diag_u)), np.nan)
+            dv = np.where(gl["diverged"].to_numpy(), np.nan, gl[loss].to_numpy(dtype=float))
+            diag_loss[
+                np.searchsorted(seeds, gl["seed"].to_numpy()),
+                np.searchsorted(diag_u, np.round(du, 9)),
+            ] = dv
+        out.append(Surface(int(width), ug, vg, L, seeds, diag_u, diag_loss))
     return out
 
 
@@ -118,7 +150,8 @@ def find_optimum(
     S = ndimage.gaussian_filter(logL, smooth, mode="nearest") if smooth > 0 else logL
     i0, j0 = np.unravel_index(np.argmin(S), S.shape) if anchor is None else anchor
     at_edge = i0 in (0, len(u) - 1) or j0 in (0, len(v) - 1)
-    grid_opt = Optimum(float(u[i0]), float(v[j0]), float(L[i0, j0]), "argmin", at_edge)
+    cell = (int(i0), int(j0))
+    grid_opt = Optimum(float(u[i0]), float(v[j0]), float(L[i0, j0]), "argmin", at_edge, cell)
     if at_edge:
         return grid_opt
     i_lo, i_hi = max(0, i0 - window), min(len(u), i0 + window + 1)
@@ -147,7 +180,7 @@ def find_optimum(
             ui, vi = u[i0] + du, v[j0] + dv
             ii = int(np.argmin(np.abs(u - ui)))
             jj = int(np.argmin(np.abs(v - vi)))
-            return Optimum(float(ui), float(vi), float(L[ii, jj]), "quadratic", False)
+            return Optimum(float(ui), float(vi), float(L[ii, jj]), "quadratic", False, cell)
     return grid_opt
 
 
@@ -184,7 +217,7 @@ def optima_table(surfs: Sequence[Surface], **kwargs) -> pd.DataFrame:
     for s in surfs:
         M = s.mean()
         opt = find_optimum(s.u, s.v, M, **kwargs)
-        diag, diag_u = diagonal_best(s.u, s.v, M)
+        diag, diag_u = s.diagonal()
         best = float(np.nanmin(M))
         rows.append(
             {
@@ -232,24 +265,22 @@ def scaling_fits(
             raise ValueError("every width must have the same seeds")
     x = np.log2([s.width for s in surfs])
     keys = ["log2_eta_a", "log2_eta_b", "log2_ratio", "log2_gap"]
-    anchors = []
-    for s in surfs:
-        o = find_optimum(s.u, s.v, s.mean(), **kwargs)
-        anchors.append((int(np.argmin(np.abs(s.u - o.u))), int(np.argmin(np.abs(s.v - o.v)))))
+    anchors = [find_optimum(s.u, s.v, s.mean(), **kwargs).cell for s in surfs]
 
-    def statistic(idx: np.ndarray) -> np.ndarray:
+    def statistic(idx: np.ndarray, anchored: bool = True) -> np.ndarray:
         idx = np.asarray(idx, dtype=int)
         vals = np.empty((len(keys), len(surfs)))
         for k, s in enumerate(surfs):
             M = s.mean(idx)
-            opt = find_optimum(s.u, s.v, M, anchor=anchors[k], **kwargs)
+            anchor = anchors[k] if anchored else None
+            opt = find_optimum(s.u, s.v, M, anchor=anchor, **kwargs)
             best = np.nanmin(M)
-            diag, _ = diagonal_best(s.u, s.v, M)
+            diag, _ = s.diagonal(idx)
             gap = (diag - best) / best if best > 0 else np.nan
             vals[:, k] = [opt.u, opt.v, opt.v - opt.u, np.log2(gap) if gap > 0 else np.nan]
         return np.array([_ols_slope(x, row) for row in vals])
 
-    point = statistic(np.arange(len(seeds)))
+    point = statistic(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
     low = high = np.full(len(keys), np.nan)
     if len(seeds) >= 2:
         with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here

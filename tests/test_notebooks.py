@@ -47,6 +47,14 @@ EXPECTED = {
         "identity: True",
         "a scalar free of x: True",
     ],
+    "03_learning_rate_landscapes.ipynb": [
+        "FAST=True",
+        "slope of log2 η_A* vs log2 n:",
+        "slope of log2 λ*   vs log2 n:",
+        "found again from the anchor cell",
+        "fitted: λ*(n) = 2^",
+        "penalty (%) of a fixed λ, η_A tuned along it:",
+    ],
 }
 
 
@@ -119,11 +127,18 @@ def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
         # the best ratio η_B/η_A grows like n
         m = re.search(r"λ\* grows like n\^(-?\d+\.\d+)", text)
         assert m and abs(float(m.group(1)) - 1.0) < 0.15, m and m.group(0)
-    else:
+    elif name.startswith("02"):
         m = re.search(r"(\d+) of (\d+) measured exponents agree", text)
         assert m and m.group(1) == m.group(2), m and m.group(0)
         assert text.count("efficient cells: [('-1', '0')]") == 6
         assert "identity: False" not in text and "closed form = 0: False" not in text
+    else:
+        # the optimal η_A falls with the width (predicted slope −1; the fast grid is coarse)
+        m = re.search(r"slope of log2 η_A\* vs log2 n: ([+-]\d+\.\d+)", text)
+        assert m and -1.6 < float(m.group(1)) < -0.6, m and m.group(0)
+        # anchored at the full data's basin, no bootstrap resample leaves it
+        m = re.search(r"anchored: .* more than 2 octaves away: (\d+)%", text)
+        assert m and m.group(1) == "0", m and m.group(0)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
