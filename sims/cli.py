@@ -664,10 +664,14 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
     except BaseException:
         outdir.cleanup()
         raise
+    table = head.reset_index()
+    table.columns = [str(c) for c in table.columns]
     if args.json:
-        print(json.dumps(head.to_dict(orient="records"), indent=2, default=str))
+        print(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
     else:
-        print(head.to_string(index=False))
+        print("mean slope against log2 width over steps ≥ 2 (predicted: Z flat; LoRA+ δ¹, δ² flat;")
+        print("equal fixed rates: δ¹ grows)")
+        print(table.round(2).to_string(index=False))
         print(f"wrote {out}")
     return 0
 
@@ -695,6 +699,38 @@ def cmd_figures(args: argparse.Namespace) -> int:
     except BaseException:
         outdir.cleanup()
         raise
+    return 0
+
+
+# ----------------------------------------------------------------------------- landscape
+def cmd_landscape(args: argparse.Namespace) -> int:
+    """Optima, near-optimal sets and scaling fits of a stored learning-rate grid sweep."""
+    from sims import landscape
+    from sims.sweep import Store
+
+    df = Store.open(Path(args.dir)).load()
+    if df.empty:
+        raise UsageError(f"{args.dir} holds no finished job yet")
+    if args.param:
+        df = df[df["param"].astype(str).str.startswith(args.param)]
+        if df.empty:
+            raise UsageError(f"no parametrization named {args.param}[...] in {args.dir}")
+    step = None if args.step is None else _nonnegative_int("--step", args.step)
+    surfs = landscape.surfaces(df, step=step, loss=args.loss)
+    optima = landscape.optima_table(surfs)
+    print(optima.round(4).to_string(index=False))
+    if len(surfs) < 2:
+        raise UsageError("scaling fits need at least two widths; this sweep has one")
+    fits = landscape.scaling_fits(surfs)
+    print()
+    for r in fits.itertuples():
+        print(
+            f"slope of {r.quantity:<10} vs log2 n: {r.slope:+.2f} "
+            f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]  (predicted {r.predicted:+.0f})"
+            if math.isfinite(r.predicted)
+            else f"slope of {r.quantity:<10} vs log2 n: {r.slope:+.2f} "
+            f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+        )
     return 0
 
 
@@ -932,6 +968,21 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--fast", action="store_true", help="small versions (for tests)")
     fg.add_argument("--out", default="figures", help="output folder (default figures)")
     fg.set_defaults(func=cmd_figures)
+
+    ls = sub.add_parser(
+        "landscape",
+        help="optima and scaling fits of a stored (η_A, η_B) grid sweep",
+        description=(
+            "Read a sweep store whose parametrizations form a product grid of (η_A, η_B) at "
+            "several widths (e.g. specs/adam_grid.toml), locate the optimum at each width (a "
+            "local quadratic fit in log space), and fit log2 η_A*, η_B*, λ* against log2 n."
+        ),
+    )
+    ls.add_argument("dir", help="the sweep's output folder")
+    ls.add_argument("--loss", default="loss", help="column to minimise (loss or test_loss)")
+    ls.add_argument("--step", help="step to read (default: the last)")
+    ls.add_argument("--param", help="only parametrizations whose name starts with this")
+    ls.set_defaults(func=cmd_landscape)
 
     sh = sub.add_parser(
         "show",

@@ -127,3 +127,52 @@ def test_figures_list_and_unknown_name(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "unknown figure 'nope'" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+GRID_SPEC = """
+name = "grid"
+steps = 4
+seeds = 2
+widths = [64, 256]
+chunk = 32
+
+[problem]
+kind = "general"
+rank = 2
+samples = 16
+test_samples = 32
+latent_dim = 4
+noise = 0.1
+
+[[parametrizations]]
+preset = "lora-fixed"
+eta_a = {{ log2 = [-12, -2], num = {num} }}
+eta_b = {{ log2 = [-8, -2], num = {num} }}
+"""
+
+
+def test_landscape_command_on_a_stored_sweep(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "grid.toml"
+    spec.write_text(GRID_SPEC.format(num=5))
+    out = tmp_path / "store"
+    assert main(["sweep", str(spec), "--out", str(out), "--executor", "serial", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["landscape", str(out), "--loss", "test_loss"]) == 0
+    text = capsys.readouterr().out
+    assert "log2_eta_a" in text and "slope of log2_ratio" in text
+
+
+def test_tiny_grids_are_refused(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "grid.toml"
+    out = tmp_path / "store"
+    # a one-point range is refused by the spec itself: exit 2, nothing written
+    spec.write_text(GRID_SPEC.format(num=1))
+    assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 2
+    assert "eta_a.num" in capsys.readouterr().err and not out.exists()
+    # a 2 × 2 grid runs, but is too small to locate an optimum
+    spec.write_text(GRID_SPEC.format(num=2))
+    assert main(["sweep", str(spec), "--out", str(out), "--executor", "serial", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["landscape", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "2 × 2" in err and len(err.strip().splitlines()) == 1
