@@ -273,12 +273,19 @@ def report_linear(df: pd.DataFrame) -> str:
     lines = [optima.round(3).to_string(index=False), ""]
     bounds = {"log2_eta_a": (-1.3, -0.7), "log2_eta_b": (-0.3, 0.3), "log2_ratio": (0.7, 1.3)}
     for r in fits.itertuples():
-        lo, hi = bounds.get(r.quantity, (0.0, math.inf))
+        if r.quantity == "gap":
+            grows = r.ci_low > 0
+            lines.append(
+                f"equal-rate gap per doubling of n: {100 * r.slope:+.1f} points "
+                f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]  "
+                f"({'grows' if grows else 'does not grow'} with width)"
+            )
+            continue
+        lo, hi = bounds[r.quantity]
         ok = lo <= r.slope <= hi
-        pred = f"predicted {r.predicted:+.0f}" if math.isfinite(r.predicted) else "predicted > 0"
         lines.append(
             f"slope of {r.quantity:<10} vs log2 n: {r.slope:+.2f} [{r.ci_low:+.2f}, "
-            f"{r.ci_high:+.2f}]  ({pred}; {'agrees' if ok else 'differs'})"
+            f"{r.ci_high:+.2f}]  (predicted {r.predicted:+.0f}; {'agrees' if ok else 'differs'})"
         )
     return "\n".join(lines)
 

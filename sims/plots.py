@@ -254,8 +254,9 @@ def plot_loss_gap(optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None
     ax1.set_ylabel("loss after T steps")
     ax1.legend(fontsize=8)
     ax1.grid(True, alpha=0.3)
-    f = fits[fits["quantity"] == "log2_gap"].iloc[0]
+    f = fits[fits["quantity"] == "gap"].iloc[0]
     ax2.plot(w, 100 * optima["gap"], "D-", color=PALETTE[2])
+    ax2.axhline(0, color="0.4", lw=0.8)
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("width n")
     ax2.set_ylabel("equal-rate penalty (L_diag − L*)/L*  [%]")

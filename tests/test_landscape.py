@@ -88,7 +88,7 @@ def test_scaling_fits_recover_the_predicted_slopes() -> None:
     assert fits.loc["log2_eta_a", "slope"] == pytest.approx(-1.0, abs=0.05)
     assert fits.loc["log2_eta_b", "slope"] == pytest.approx(0.0, abs=0.05)
     assert fits.loc["log2_ratio", "slope"] == pytest.approx(1.0, abs=0.05)
-    assert fits.loc["log2_gap", "slope"] > 0
+    assert fits.loc["gap", "slope"] > 0
     assert (fits["ci_low"] <= fits["slope"] + 1e-9).all()
     assert (fits["slope"] <= fits["ci_high"] + 1e-9).all()
 
