@@ -13,6 +13,11 @@ After each step ``t`` it records the feature-update decomposition on the trainin
 (DESIGN.md §1), ``ΔZ_B = δ¹ + δ² + δ³`` with ``δ¹ = s·B_{t−1}ΔZ_A``, ``δ² = s·ΔB Z_A^{t−1}``,
 ``δ³ = s·ΔB ΔZ_A``, as mean absolute values over samples and outputs, and the weight change
 ``ΔW_t = s(B_t A_t − B_0 A_0)`` (Frobenius and spectral norms, and the per-step change).
+
+Same inputs, same bits. The width-sized products are one GEMM per seed over all configurations,
+and a BLAS may sum in a different order for a different batch shape, so a configuration run in a
+batch of another composition agrees with it to round-off (~1e-14), not always bit for bit; the
+sweep engine's jobs have fixed compositions, so their results are bit-identical.
 """
 
 from __future__ import annotations
