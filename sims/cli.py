@@ -201,19 +201,9 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _versions() -> dict[str, str]:
-    import numpy
-    import pandas
-    import scipy
-    import torch
+    from sims.sweep.jobs import versions
 
-    return {
-        "loraplus-lab": sims.__version__,
-        "python": sys.version.split()[0],
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "pandas": pandas.__version__,
-        "torch": torch.__version__,
-    }
+    return {"python": sys.version.split()[0], **versions()}
 
 
 # ----------------------------------------------------------------------------- sweep

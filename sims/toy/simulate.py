@@ -247,7 +247,7 @@ def simulate_batch(
                     on_step=lambda _t, _state: bar.update(1),
                     **_stack_test(problems, dt),
                 )
-                frames.append(_tidy(res, width, group, seeds, steps, rank))
+                frames.append(tidy_rows(res, width, group, seeds, steps, rank))
     finally:
         bar.close()
     order = {p.name: i for i, p in enumerate(params)}
@@ -272,7 +272,7 @@ def simulate_batch(
     return df
 
 
-def _tidy(
+def tidy_rows(
     res: dict[str, np.ndarray],
     width: int,
     group: Sequence[Parametrization],
@@ -280,6 +280,8 @@ def _tidy(
     steps: int,
     rank: int,
 ) -> pd.DataFrame:
+    """Tidy rows (one per configuration × seed × step) from arrays ``(steps + 1, C, S)`` of a
+    batched run at one width, with each parametrization's rates and scale as columns."""
     C, S, T = len(group), len(seeds), steps + 1
     step, ci, si = np.meshgrid(np.arange(T), np.arange(C), np.arange(S), indexing="ij")
     step, ci, si = step.ravel(), ci.ravel(), si.ravel()

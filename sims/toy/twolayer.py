@@ -72,6 +72,7 @@ from tqdm import tqdm
 from sims.params import Parametrization, check_init
 from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS
 from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
+from sims.toy.simulate import tidy_rows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DEFAULT_TEACHER_WIDTH = 32
@@ -882,7 +883,7 @@ def simulate_twolayer(
                         for k in STATS:
                             res[k][:, cs, ss] = out[k]
                         res["diverged_step"][cs, ss] = out["diverged_step"]
-                frames.append(_tidy(res, width, group, seeds, steps, rank))
+                frames.append(tidy_rows(res, width, group, seeds, steps, rank))
     finally:
         bar.close()
     order = {p.name: i for i, p in enumerate(params)}
@@ -916,37 +917,3 @@ def simulate_twolayer(
     }
     df.attrs["pretrain"] = pretrain_log
     return df
-
-
-def _tidy(
-    res: dict[str, np.ndarray],
-    width: int,
-    group: Sequence[Parametrization],
-    seeds: Sequence[int],
-    steps: int,
-    rank: int,
-) -> pd.DataFrame:
-    C, S, T = len(group), len(seeds), steps + 1
-    step, ci, si = np.meshgrid(np.arange(T), np.arange(C), np.arange(S), indexing="ij")
-    step, ci, si = step.ravel(), ci.ravel(), si.ravel()
-    cols: dict[str, Any] = {
-        "width": np.full(step.shape, width),
-        "param": np.array([p.name for p in group], dtype=object)[ci],
-        "init": np.array([p.init for p in group], dtype=object)[ci],
-        "c_a": np.array([str(p.c_a) for p in group], dtype=object)[ci],
-        "c_b": np.array([str(p.c_b) for p in group], dtype=object)[ci],
-        "eta_a_base": np.array([p.eta_a for p in group])[ci],
-        "eta_b_base": np.array([p.eta_b for p in group])[ci],
-        "eta_a": np.array([p.rate_a(width) for p in group])[ci],
-        "eta_b": np.array([p.rate_b(width) for p in group])[ci],
-        "ratio": np.array([p.ratio(width) for p in group])[ci],
-        "scale": np.array([p.scale(rank) for p in group])[ci],
-        "seed": np.asarray(seeds)[si],
-        "step": step,
-    }
-    for k in STATS:
-        cols[k] = res[k].ravel()
-    ds = res["diverged_step"][ci, si]
-    cols["diverged"] = (ds >= 0) & (step >= ds)
-    cols["diverged_step"] = ds
-    return pd.DataFrame(cols)
