@@ -1,0 +1,156 @@
+"""Notebook 04 (real models) runs top to bottom in fast mode and shows its key results.
+
+Same pattern as ``tests/test_notebooks.py``: nbclient executes the notebook in fast mode
+(``LORAPLUS_FAST=1``) with this interpreter's ipykernel (a ``python3`` kernelspec written into a
+temporary ``JUPYTER_PATH``) in a scratch working directory, so nothing is written into the
+repository. A second test checks the committed notebook: executed in full mode, with outputs,
+no errors, no absolute paths, under the size limit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("tokenizers")
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "04_real_models.ipynb"
+CELL_TIMEOUT = 180  # seconds per cell
+MAX_BYTES = 1_536 * 1024
+
+EXPECTED = [
+    "FAST=True",
+    # §1: both policies' groups, PEFT's pitfalls, λ = 1 = vanilla LoRA
+    'policy="theory"',
+    'policy="peft"',
+    "groupB_no_decay",
+    "-> ignored",
+    'policy="peft" reproduces PEFT (loraplus_weight_decay=0.01) group by group: True',
+    "bit-identical: True",
+    # §2: the coordinate check's headline table
+    "headline: mean width exponent over steps ≥ 2",
+    "δ slopes agree with the calculus",
+    # §3: the offline finetune
+    "summary.json of the LoRA+ run:",
+    "eval_accuracy",
+    "temporary folder removed: True",
+]
+
+
+def _text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "data" in out:
+                parts.append(out["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _images(nb) -> int:
+    return sum(
+        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
+    )
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fast mode, this interpreter's kernel, and a scratch working directory."""
+    from ipykernel.kernelspec import write_kernel_spec
+
+    jupyter = tmp_path / "jupyter"
+    write_kernel_spec(jupyter / "kernels" / "python3")
+    assert sys.executable in (jupyter / "kernels" / "python3" / "kernel.json").read_text()
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    monkeypatch.setenv("LORAPLUS_FAST", "1")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the notebook never needs the network
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def _audit_groups(text: str) -> set[str]:
+    """Group names in the first column of the printed optimizer audits."""
+    return set(
+        re.findall(
+            r"^(lora_A|lora_B|lora_embedding|other_no_decay|other|groupA|"
+            r"groupB_no_decay|groupB|embedding)\s+\d+\s",
+            text,
+            re.M,
+        )
+    )
+
+
+@pytest.mark.slow
+def test_notebook_04_runs_in_fast_mode(kernel_env: Path) -> None:
+    before = NOTEBOOK.read_bytes()
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(kernel_env)}},
+    )
+    client.execute()  # raises CellExecutionError on the first failing cell
+
+    text = _text(nb)
+    for expected in EXPECTED:
+        assert expected in text, f"no output contains {expected!r}"
+    assert "Traceback" not in text
+    assert _images(nb) >= 3
+    assert NOTEBOOK.read_bytes() == before  # the notebook file itself is never rewritten
+    assert not any(kernel_env.iterdir()), "the notebook wrote files into its working directory"
+
+    # the audits show every group of both policies
+    assert _audit_groups(text) >= {
+        "lora_A", "lora_B", "lora_embedding", "other", "other_no_decay",
+        "groupA", "embedding", "groupB", "groupB_no_decay",
+    }  # fmt: skip
+    # the headline table has both parametrizations and the GPT-2 layer types
+    assert re.search(r"^lora-fixed\s+attn\.c_attn\s", text, re.M)
+    assert re.search(r"^loraplus\s+attn\.c_attn\s", text, re.M)
+    # LoRA+: δ¹, δ² flat; equal fixed rates: δ¹ grows; Z flat
+    m = re.search(r"LoRA\+: largest \|slope\| of δ¹, δ²: (\d+\.\d+)", text)
+    assert m and float(m.group(1)) < 0.35, m and m.group(0)
+    m = re.search(r"equal fixed rates: smallest slope of δ¹: (-?\d+\.\d+)", text)
+    assert m and float(m.group(1)) > 0.5, m and m.group(0)
+    m = re.search(r"control Z: largest \|slope\|: (\d+\.\d+)", text)
+    assert m and float(m.group(1)) < 0.2, m and m.group(0)
+    # no absolute paths even in fast mode
+    assert str(REPO) not in text and "/tmp/" not in text
+
+
+def test_committed_notebook_04_has_outputs() -> None:
+    assert NOTEBOOK.stat().st_size < MAX_BYTES, (
+        f"{NOTEBOOK.name} is {NOTEBOOK.stat().st_size} bytes"
+    )
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.get("execution_count") for c in code), "not executed top to bottom"
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    text = _text(nb)
+    assert "FAST=False" in text  # committed at full size
+    for cell in code:
+        for out in cell.outputs:
+            assert out.output_type != "error", "a committed cell failed"
+    assert str(REPO) not in text and "/tmp/" not in text, "absolute paths in the outputs"
+    assert "headline: mean width exponent over steps ≥ 2" in text
+    assert _images(nb) >= 3
