@@ -167,20 +167,24 @@ def validate_config(cfg: FinetuneConfig) -> None:
     _pos_float("weight_decay", cfg.weight_decay, zero=True)
     _pos_float("warmup", cfg.warmup, zero=True)
     if not float(cfg.warmup) < 1 and not float(cfg.warmup).is_integer():
-        raise ValueError(f"warmup must be a ratio in [0, 1) or a whole number of steps, got "
-                         f"{cfg.warmup!r}")
+        raise ValueError(
+            f"warmup must be a ratio in [0, 1) or a whole number of steps, got {cfg.warmup!r}"
+        )
     if cfg.scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got "
-                         f"{cfg.scheduler!r}")
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}")
     from transformers.training_args import OptimizerNames
 
     known_optim = {o.value for o in OptimizerNames}
     if cfg.optim not in known_optim:
-        raise ValueError(f"optim: unknown {cfg.optim!r} (transformers' OptimizerNames, e.g. "
-                         "adamw_torch, adamw_torch_fused, sgd)")
+        raise ValueError(
+            f"optim: unknown {cfg.optim!r} (transformers' OptimizerNames, e.g. "
+            "adamw_torch, adamw_torch_fused, sgd)"
+        )
     if not cfg.use_trainer and cfg.optim not in LOOP_OPTIMIZERS:
-        raise ValueError(f"optim {cfg.optim!r} needs use_trainer=True; the plain loop takes "
-                         f"{', '.join(LOOP_OPTIMIZERS)}")
+        raise ValueError(
+            f"optim {cfg.optim!r} needs use_trainer=True; the plain loop takes "
+            f"{', '.join(LOOP_OPTIMIZERS)}"
+        )
     if cfg.use_trainer and cfg.checkpoint_every is not None:
         raise ValueError("checkpoint_every needs use_trainer=False (the plain accelerate loop)")
     b1, b2 = cfg.adam_betas
@@ -482,8 +486,11 @@ def _trainer_callback(log: _CsvLog, loss_bound: float | None) -> Any:
                 return
             loss = float(logs["loss"])
             diverged = not math.isfinite(loss) or (loss_bound is not None and loss > loss_bound)
-            row: dict[str, Any] = {"step": state.global_step, "epoch": logs.get("epoch"),
-                                   "loss": loss}
+            row: dict[str, Any] = {
+                "step": state.global_step,
+                "epoch": logs.get("epoch"),
+                "loss": loss,
+            }
             if "grad_norm" in logs:
                 row["grad_norm"] = float(logs["grad_norm"])
             if self.lrs:
@@ -623,8 +630,10 @@ def _config_record(prep: Prepared, extra: Mapping[str, Any] | None = None) -> di
             "num_labels": prep.train.num_labels,
             "label_names": prep.train.label_names,
         },
-        "data": {"train": prep.train.source,
-                 "eval": prep.eval.source if prep.eval is not None else None},
+        "data": {
+            "train": prep.train.source,
+            "eval": prep.eval.source if prep.eval is not None else None,
+        },
         "model": models_mod.describe_model(prep.model),
         "lora": prep.lora,
         "optimizer_audit": prep.audit,
@@ -636,7 +645,11 @@ def _config_record(prep: Prepared, extra: Mapping[str, Any] | None = None) -> di
 
 
 def run_prepared(
-    prep: Prepared, out: Path, *, overwrite: bool = False, progress: bool = True,
+    prep: Prepared,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
     extra_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate a prepared run, writing into a hidden sibling of ``out`` renamed to
@@ -738,8 +751,13 @@ def grid_point_name(eta_a: float, eta_b: float) -> str:
 
 
 def _run_grid(
-    cfg: FinetuneConfig, points: list[tuple[float, float]], out: Path, *, overwrite: bool,
-    progress: bool, on_point: Callable[[dict[str, Any]], None] | None,
+    cfg: FinetuneConfig,
+    points: list[tuple[float, float]],
+    out: Path,
+    *,
+    overwrite: bool,
+    progress: bool,
+    on_point: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     configs = [replace(cfg, lr=a, ratio=b / a) for a, b in points]
     for c in configs:
