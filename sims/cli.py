@@ -583,6 +583,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         grid=grid,
         use_trainer=not args.no_trainer,
         overwrite=args.overwrite,
+        executor=args.executor,
+        workers=None if args.workers is None else _positive_int("--workers", args.workers),
         progress=not args.quiet and sys.stderr.isatty(),
         **length,
         **options,
@@ -912,6 +914,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--grid-eta-a", help="grid of η_A: 1e-5,1e-4 or 2^-16..2^-12")
     ft.add_argument("--grid-eta-b", help="grid of η_B (product with --grid-eta-a)")
     ft.add_argument("--grid-ratio", help="grid of λ instead of η_B")
+    ft.add_argument(
+        "--executor",
+        choices=("serial", "local", "ray"),
+        default="serial",
+        help="grids: run the points on the sweep engine's executor (default serial)",
+    )
+    ft.add_argument("--workers", help="grids: parallel workers")
     ft.add_argument("--no-trainer", action="store_true", help="the plain accelerate loop")
     ft.add_argument("--max-samples", help="use at most this many training examples")
     ft.add_argument("--max-length", help="tokens per example (default 128)")

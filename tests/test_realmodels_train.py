@@ -484,29 +484,37 @@ def test_finetune_writes_config_and_metrics(assets, tmp_path):
     assert "not empty" in _one_line(err)
 
 
-def test_finetune_grid_runs_points_sequentially(assets, tmp_path):
+def test_finetune_grid_runs_on_the_sweep_engine(assets, tmp_path):
+    from sims.sweep import Store, load
+
     grid = {"eta_a": [1e-3], "eta_b": [1e-3, 4e-3]}
     assert expand_grid(grid) == [(1e-3, 1e-3), (1e-3, 4e-3)]
     out = tmp_path / "grid"
     seen = []
-    result = finetune(
-        assets["gpt2"], assets["csv"], out=out, steps=2, batch_size=8, grid=grid,
-        use_trainer=False, progress=False, on_point=seen.append,
-    )  # fmt: skip
+    kw = dict(steps=2, batch_size=8, grid=grid, use_trainer=False, progress=False)
+    result = finetune(assets["gpt2"], assets["csv"], out=out, on_point=seen.append, **kw)
     names = [grid_point_name(a, b) for a, b in expand_grid(grid)]
     assert [p["point"] for p in result["grid"]] == names == [s["point"] for s in seen]
     table = pd.read_csv(out / "grid.csv")
     assert table["ratio"].tolist() == pytest.approx([1.0, 4.0])
     for name in names:
-        assert (out / name / "summary.json").is_file()
-    # Rerunning the same grid into the same folder skips finished points.
-    again = finetune(
-        assets["gpt2"], assets["csv"], out=out, steps=2, batch_size=8, grid=grid,
-        use_trainer=False, progress=False,
-    )  # fmt: skip
+        assert (out / "points" / name / "summary.json").is_file()
+    # the points are jobs of the sweep engine's store: one file each, loadable as one frame
+    store = Store.open(out)
+    assert len(store.done_keys()) == 2
+    df = load(out)
+    assert df.attrs["complete"] and set(df["point"]) == set(names)
+    # rerunning the same grid into the same folder trains nothing again
+    again = finetune(assets["gpt2"], assets["csv"], out=out, **kw)
     assert [p["train_seconds"] for p in again["grid"]] == [
         p["train_seconds"] for p in result["grid"]
     ]
+    assert store.meta()["runs"][-1]["jobs_run"] == 0
+    # the same grid on two local worker processes gives the same losses
+    local = finetune(
+        assets["gpt2"], assets["csv"], out=tmp_path / "local", executor="local", workers=2, **kw
+    )
+    assert [p["final_loss"] for p in local["grid"]] == [p["final_loss"] for p in result["grid"]]
     with pytest.raises(ValueError):
         expand_grid({"eta_a": [1e-3], "eta_b": [0.0]})
 

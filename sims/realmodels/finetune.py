@@ -758,44 +758,36 @@ def _run_grid(
     overwrite: bool,
     progress: bool,
     on_point: Callable[[dict[str, Any]], None] | None,
+    executor: str = "serial",
+    workers: int | None = None,
 ) -> dict[str, Any]:
+    """Run the grid's points as jobs of the sweep engine (store in ``out``, points' artifacts in
+    ``out/points``): resumable, each point trained once, on any executor."""
+    from sims.realmodels.grid import GridSpec, grid_jobs, point_name
+    from sims.sweep import Store, run
+
     configs = [replace(cfg, lr=a, ratio=b / a) for a, b in points]
     for c in configs:
         validate_config(c)
-    grid_record = {
-        "kind": "finetune-grid",
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("lr", "ratio")},
-        "points": [{"eta_a": a, "eta_b": b, "name": grid_point_name(a, b)} for a, b in points],
-    }
-    resume = False
-    if out.is_dir() and (out / GRID_FILE).is_file() and not overwrite:
-        previous = json.loads((out / GRID_FILE).read_text())
-        if json.dumps(previous, sort_keys=True, default=str) != json.dumps(
-            grid_record, sort_keys=True, default=str
-        ):
-            raise ValueError(f"out: {out} holds another grid (pass overwrite=True to replace it)")
-        resume = True
-    else:
-        _check_out(out, overwrite)
-    # Validate everything (model, data, targets, optimizer) with the first point.
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("lr", "ratio")}
+    spec = GridSpec(out.name or "grid", config, tuple(points), str(out))
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    held = out / "spec.json"
+    if not held.is_file():
+        _check_out(out, overwrite=False)
+    # Validate everything (model, data, targets, optimizer) once, before anything is written.
     tokenizer = _load_tokenizer(cfg)
     loaded = _load_data(cfg, tokenizer)
-    first = prepare(configs[0], tokenizer=tokenizer, data=loaded)
-    if out.exists() and not resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / GRID_FILE, grid_record)
+    prepare(configs[0], tokenizer=tokenizer, data=loaded)
+    store = Store.open_or_create(out, spec)
+    jobs = grid_jobs(spec)
+    run(store, jobs, executor=executor, workers=workers, progress=progress)
     summaries = []
-    for i, (c, (a, b)) in enumerate(zip(configs, points, strict=True)):
-        point_dir = out / grid_point_name(a, b)
-        if (point_dir / SUMMARY_FILE).is_file():
-            summary = json.loads((point_dir / SUMMARY_FILE).read_text())
-        else:
-            prep = first if i == 0 else prepare(c, tokenizer=tokenizer, data=loaded)
-            summary = run_prepared(prep, point_dir, overwrite=True, progress=progress)
-            del prep
-        first = None  # type: ignore[assignment]
-        summary = {"point": grid_point_name(a, b), **summary}
+    for a, b in points:
+        name = point_name(a, b)
+        summary = json.loads((out / "points" / name / SUMMARY_FILE).read_text())
+        summary = {"point": name, "eta_a": a, "eta_b": b, **summary}
         summaries.append(summary)
         if on_point is not None:
             on_point(summary)
@@ -828,6 +820,8 @@ def finetune(
     overwrite: bool = False,
     progress: bool = True,
     on_point: Callable[[dict[str, Any]], None] | None = None,
+    executor: str = "serial",
+    workers: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` with LoRA (``ratio=1``) or LoRA+ and write the results.
@@ -851,6 +845,9 @@ def finetune(
         overwrite: Replace an existing, non-empty ``out``.
         progress: Progress bar (plain loop).
         on_point: Grid only: called with each point's summary when it is done.
+        executor, workers: Grid only: the sweep engine's executor (``"serial"``, ``"local"``
+            processes, ``"ray"``) and its workers; points are its jobs, stored in ``out`` and
+            resumed by running the same grid again.
         **options: Further :class:`FinetuneConfig` fields (``max_length``, ``max_samples``,
             ``eval_task``, ``eval_max_samples``, ``weight_decay``, ``warmup``, ``scheduler``,
             ``optim``, ``adam_betas``, ``adam_eps``, ``max_grad_norm``, ``lr_embedding``,
@@ -885,7 +882,14 @@ def finetune(
         validate_config(replace(cfg, lr=1.0, ratio=1.0))
         points = expand_grid(grid)
         return _run_grid(
-            cfg, points, out_path, overwrite=overwrite, progress=progress, on_point=on_point
+            cfg,
+            points,
+            out_path,
+            overwrite=overwrite,
+            progress=progress,
+            on_point=on_point,
+            executor=executor,
+            workers=workers,
         )
     validate_config(cfg)
     _check_out(out_path, overwrite)

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sims.sweep.jobs import Job, run_job
+from sims.sweep.jobs import Job
 from sims.sweep.store import Store
 
 EXECUTORS = ("serial", "local", "ray")
@@ -68,10 +68,14 @@ class RunSummary:
 
 
 def execute(job: Job, store_path: str) -> tuple[str, int]:
-    """Run one job and write its file (runs inside a worker). Returns (key, diverged runs)."""
-    df = run_job(job)
+    """Run one job (anything with ``key`` and ``run()``) and write its file, inside a worker.
+    Returns (key, diverged runs)."""
+    df = job.run()
     Store(store_path).write_job(job.key, df)
-    diverged = int(df.groupby(["param", "seed"])["diverged"].any().sum())
+    if {"param", "seed", "diverged"} <= set(df.columns):
+        diverged = int(df.groupby(["param", "seed"])["diverged"].any().sum())
+    else:
+        diverged = int(df["diverged"].any()) if "diverged" in df.columns else 0
     return job.key, diverged
 
 

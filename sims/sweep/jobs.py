@@ -71,6 +71,10 @@ class Job:
         """Configuration × seed runs in this job."""
         return len(self.params) * len(self.spec.seeds)
 
+    def run(self) -> pd.DataFrame:
+        """Simulate this job (:func:`run_job`)."""
+        return run_job(self)
+
 
 def expand(spec: SweepSpec) -> list[Job]:
     """All jobs of a spec, in a fixed order (width, initialisation, chunk)."""

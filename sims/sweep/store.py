@@ -206,7 +206,12 @@ class Store:
         return df
 
     def jobs(self) -> list[Job]:
-        """Every job of the stored spec, in order."""
+        """Every job of the stored spec, in order (toy sweeps, or real-model grids)."""
+        d = self.spec_dict()
+        if d.get("kind") == "finetune-grid":
+            from sims.realmodels.grid import jobs_from_dict
+
+            return jobs_from_dict(d, str(self.path))
         return expand(self.spec())
 
     def load(self) -> pd.DataFrame:
