@@ -290,7 +290,9 @@ def plot_linear_gap(df: pd.DataFrame) -> Figure:
 
     _, optima, fits = _linear(df)
     return plot_loss_gap(
-        optima, fits, title="What equal rates cost: best loss on η_A = η_B vs best overall"
+        optima,
+        fits,
+        title="Equal rates against the best pair: best loss on η_A = η_B vs on the grid",
     )
 
 

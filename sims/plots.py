@@ -247,8 +247,10 @@ def plot_loss_gap(optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None
     """Best loss with equal rates against the best loss overall, as the width grows."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.5))
     w = optima["width"]
-    ax1.plot(w, optima["best_loss"], "o-", color=PALETTE[0], label="best over (η_A, η_B)")
-    ax1.plot(w, optima["diag_loss"], "s--", color=PALETTE[1], label="best with η_A = η_B")
+    ax1.plot(w, optima["best_loss"], "o-", color=PALETTE[0], label="best on the (η_A, η_B) grid")
+    ax1.plot(
+        w, optima["diag_loss"], "s--", color=PALETTE[1], label="best with η_A = η_B (finer line)"
+    )
     ax1.set_xscale("log", base=2)
     ax1.set_xlabel("width n")
     ax1.set_ylabel("loss after T steps")
