@@ -9,12 +9,11 @@ no errors, no absolute paths, under the size limit.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import notebook_images, notebook_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -47,43 +46,6 @@ EXPECTED = [
 ]
 
 
-def _text(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                parts.append(out.get("text", ""))
-            elif "data" in out:
-                parts.append(out["data"].get("text/plain", ""))
-    return "\n".join(parts)
-
-
-def _images(nb) -> int:
-    return sum(
-        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
-    )
-
-
-@pytest.fixture
-def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Fast mode, this interpreter's kernel, and a scratch working directory."""
-    from ipykernel.kernelspec import write_kernel_spec
-
-    jupyter = tmp_path / "jupyter"
-    write_kernel_spec(jupyter / "kernels" / "python3")
-    assert sys.executable in (jupyter / "kernels" / "python3" / "kernel.json").read_text()
-    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
-    monkeypatch.setenv("LORAPLUS_FAST", "1")
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the notebook never needs the network
-    path = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
-    work = tmp_path / "work"
-    work.mkdir()
-    return work
-
-
 def _audit_groups(text: str) -> set[str]:
     """Group names in the first column of the printed optimizer audits."""
     return set(
@@ -109,11 +71,11 @@ def test_notebook_04_runs_in_fast_mode(kernel_env: Path) -> None:
     )
     client.execute()  # raises CellExecutionError on the first failing cell
 
-    text = _text(nb)
+    text = notebook_text(nb)
     for expected in EXPECTED:
         assert expected in text, f"no output contains {expected!r}"
     assert "Traceback" not in text
-    assert _images(nb) >= 3
+    assert notebook_images(nb) >= 3
     assert NOTEBOOK.read_bytes() == before  # the notebook file itself is never rewritten
     assert not any(kernel_env.iterdir()), "the notebook wrote files into its working directory"
 
@@ -146,11 +108,11 @@ def test_committed_notebook_04_has_outputs() -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.get("execution_count") for c in code), "not executed top to bottom"
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
-    text = _text(nb)
+    text = notebook_text(nb)
     assert "FAST=False" in text  # committed at full size
     for cell in code:
         for out in cell.outputs:
             assert out.output_type != "error", "a committed cell failed"
     assert str(REPO) not in text and "/tmp/" not in text, "absolute paths in the outputs"
     assert "headline: mean width exponent over steps ≥ 2" in text
-    assert _images(nb) >= 3
+    assert notebook_images(nb) >= 3

@@ -12,12 +12,11 @@ they do, that they name the ``python3`` kernel and that their outputs hold no ab
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import notebook_images, notebook_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -58,44 +57,6 @@ EXPECTED = {
 }
 
 
-def _text(nb) -> str:
-    """All text the notebook's code cells produced (streams and plain-text results)."""
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                parts.append(out.get("text", ""))
-            elif "data" in out:
-                parts.append(out["data"].get("text/plain", ""))
-    return "\n".join(parts)
-
-
-def _images(nb) -> int:
-    return sum(
-        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
-    )
-
-
-@pytest.fixture
-def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Fast mode, this interpreter's kernel, and a scratch working directory."""
-    from ipykernel.kernelspec import write_kernel_spec
-
-    jupyter = tmp_path / "jupyter"
-    write_kernel_spec(jupyter / "kernels" / "python3")  # argv: sys.executable -m ipykernel_launcher
-    assert sys.executable in (jupyter / "kernels" / "python3" / "kernel.json").read_text()
-    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
-    monkeypatch.setenv("LORAPLUS_FAST", "1")
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    # the package is importable in the kernel even when it is not installed
-    path = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
-    work = tmp_path / "work"
-    work.mkdir()
-    return work
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
@@ -111,11 +72,11 @@ def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
     )
     client.execute()  # raises CellExecutionError on the first failing cell
 
-    text = _text(nb)
+    text = notebook_text(nb)
     for expected in EXPECTED[name]:
         assert expected in text, f"{name}: no output contains {expected!r}"
     assert "Traceback" not in text
-    assert _images(nb) >= 3
+    assert notebook_images(nb) >= 3
     assert path.read_bytes() == before  # the notebook file itself is never rewritten
     assert not any(kernel_env.iterdir()), "the notebook wrote files into its working directory"
 
@@ -151,7 +112,7 @@ def test_committed_notebook_has_outputs(name: str) -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.get("execution_count") for c in code), "not executed top to bottom"
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
-    text = _text(nb)
+    text = notebook_text(nb)
     assert "FAST=False" in text  # committed at full size
     for cell in code:
         for out in cell.outputs:

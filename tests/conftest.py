@@ -1,0 +1,56 @@
+"""Shared test helpers: running the explanatory notebooks in fast mode."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def notebook_text(nb) -> str:
+    """All text a notebook's code cells produced (streams and plain-text results)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "data" in out:
+                parts.append(out["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def notebook_images(nb) -> int:
+    """How many PNG figures a notebook's outputs hold."""
+    return sum(
+        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
+    )
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fast mode, this interpreter's kernel, no network, and a scratch working directory.
+
+    A ``python3`` kernelspec written into a temporary ``JUPYTER_PATH`` (searched before any user
+    or system kernelspec) runs ``sys.executable``, so the tests do not depend on which kernels
+    the machine has; the package is importable in the kernel even when it is not installed.
+    """
+    pytest.importorskip("ipykernel")
+    from ipykernel.kernelspec import write_kernel_spec
+
+    jupyter = tmp_path / "jupyter"
+    write_kernel_spec(jupyter / "kernels" / "python3")  # argv: sys.executable -m ipykernel_launcher
+    assert sys.executable in (jupyter / "kernels" / "python3" / "kernel.json").read_text()
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    monkeypatch.setenv("LORAPLUS_FAST", "1")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no notebook needs the network
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
