@@ -373,3 +373,40 @@ def test_gpu_check_smoke(tmp_path: Path) -> None:
     assert {"coordcheck", "throughput", "device"} <= report.keys()
     assert report["throughput"]["step_time_ratio_loraplus_over_lora"] > 0
     assert list(tmp_path.glob("*.png"))
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_coordcheck_writes_tables_and_figures(tmp_path, capsys):
+    from sims.cli import main
+
+    out = tmp_path / "cc"
+    argv = ["coordcheck", "--widths", "64,128", "--steps", "2", "--seeds", "1", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "delta1" in text and "loraplus" in text
+    for name in ("coordcheck.csv", "slopes.csv", "config.json", "coordcheck_delta1.png"):
+        assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--widths", "64"], "at least two widths"),
+        (["--presets", "lora,nope"], "unknown preset"),
+        (["--steps", "0"], "--steps"),
+        (["--lr", "-1"], "--lr"),
+        (["--arch", "bert"], "invalid choice"),
+    ],
+)
+def test_cli_coordcheck_bad_input(tmp_path, capsys, extra, message):
+    from sims.cli import main
+
+    out = tmp_path / "cc"
+    try:
+        rc = main(["coordcheck", *extra, "--out", str(out)])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
