@@ -30,6 +30,19 @@ def notebook_images(nb) -> int:
     )
 
 
+def execute_notebook(path: Path, workdir: Path, timeout: int):
+    """Run a notebook top to bottom with the ``python3`` kernel in ``workdir``; returns it with
+    its outputs (raises ``CellExecutionError`` on the first failing cell)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    ).execute()
+    return nb
+
+
 @pytest.fixture
 def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Fast mode, this interpreter's kernel, no network, and a scratch working directory.

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import notebook_images, notebook_text
+from conftest import execute_notebook, notebook_images, notebook_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -61,15 +61,7 @@ def _audit_groups(text: str) -> set[str]:
 @pytest.mark.slow
 def test_notebook_04_runs_in_fast_mode(kernel_env: Path) -> None:
     before = NOTEBOOK.read_bytes()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(kernel_env)}},
-    )
-    client.execute()  # raises CellExecutionError on the first failing cell
+    nb = execute_notebook(NOTEBOOK, kernel_env, CELL_TIMEOUT)
 
     text = notebook_text(nb)
     for expected in EXPECTED:

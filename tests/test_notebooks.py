@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import notebook_images, notebook_text
+from conftest import execute_notebook, notebook_images, notebook_text
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -62,15 +62,7 @@ EXPECTED = {
 def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
     path = NOTEBOOKS / name
     before = path.read_bytes()
-    nb = nbformat.read(path, as_version=4)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(kernel_env)}},
-    )
-    client.execute()  # raises CellExecutionError on the first failing cell
+    nb = execute_notebook(path, kernel_env, CELL_TIMEOUT)
 
     text = notebook_text(nb)
     for expected in EXPECTED[name]:
