@@ -70,25 +70,65 @@ def _torch_adam_reference(cls, lr: float, grads, p0, **kw) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_adam_steps_equal_torch_optim_bit_for_bit(name: str, weight_decay: float) -> None:
+@pytest.mark.parametrize("shape", [(2, 3, 17), (2, 1, 96)])  # entries of 102 and 192 elements
+def test_adam_steps_equal_torch_optim_bit_for_bit(name: str, weight_decay: float, shape) -> None:
+    """Every configuration of a batch equals torch.optim's fused Adam/AdamW bit for bit, and
+    the default single-tensor path to within a few roundings; the returned step is the change.
+    Entries of a whole number of vector chunks share one kernel call per rate, others not."""
     gen = torch.Generator().manual_seed(0)
-    p0 = torch.randn(2, 3, 17, generator=gen, dtype=torch.float64)
-    grads = [torch.randn(2, 3, 17, generator=gen, dtype=torch.float64) for _ in range(7)]
-    lrs = [1e-3, 0.37, 2.0]
+    p0 = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(*shape, generator=gen, dtype=torch.float64) for _ in range(7)]
+    # five configurations, two of which share a rate (one fused call, two runs)
+    lrs = [1e-3, 0.37, 2.0, 0.37, 0.37]
     cfg = OptimizerConfig(name, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay)
-    # all three learning rates in one batched tensor
-    P = p0.expand(3, *p0.shape).clone()
+    # all the learning rates in one batched tensor
+    P = p0.expand(len(lrs), *p0.shape).clone()
     state = OptimizerState()
-    lr = torch.tensor(lrs, dtype=torch.float64).reshape(3, 1, 1, 1)
+    lr = torch.tensor(lrs, dtype=torch.float64).reshape(len(lrs), 1, 1, 1)
     for t, g in enumerate(grads, start=1):
         state.step = t
-        apply_update(cfg, state, "p", P, g.expand_as(P), lr)
+        before = P.clone()
+        step = apply_update(cfg, state, "p", P, g.expand_as(P), lr)
+        assert torch.allclose(before + step, P, rtol=0, atol=1e-15)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     for i, lr_i in enumerate(lrs):
-        ref = _torch_adam_reference(
-            cls, lr_i, grads, p0, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay
+        kw = dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay)
+        fused = _torch_adam_reference(cls, lr_i, grads, p0, fused=True, **kw)
+        assert torch.equal(P[i], fused), f"lr={lr_i}: max diff {(P[i] - fused).abs().max()}"
+        single = _torch_adam_reference(cls, lr_i, grads, p0, foreach=False, **kw)
+        torch.testing.assert_close(P[i], single, rtol=1e-14, atol=1e-14)
+
+
+def test_adam_step_buffer_is_the_exact_increment() -> None:
+    """Without weight decay the kernel runs on a zeroed buffer: p + step is the fused update
+    on p bit for bit, so the step recorded by the simulator is the one the kernel took."""
+    gen = torch.Generator().manual_seed(3)
+    p0 = torch.randn(4, 1, 257, generator=gen, dtype=torch.float64)
+    P, Q = p0.clone(), p0.clone()
+    cfg, state = OptimizerConfig("adam"), OptimizerState()
+    m, v = torch.zeros_like(Q), torch.zeros_like(Q)
+    for t in range(1, 6):
+        g = torch.randn(4, 1, 257, generator=gen, dtype=torch.float64) * 10.0 ** (-3 * t)
+        state.step = t
+        step = apply_update(cfg, state, "p", P, g, torch.full((4, 1, 1), 0.01, dtype=torch.float64))
+        before = Q.clone()
+        torch._fused_adam_(
+            [Q],
+            [g],
+            [m],
+            [v],
+            [],
+            [torch.tensor(float(t))],
+            lr=0.01,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.0,
+            eps=1e-8,
+            amsgrad=False,
+            maximize=False,
         )
-        assert torch.equal(P[i], ref), f"lr={lr_i}: max diff {(P[i] - ref).abs().max()}"
+        assert torch.equal(P, Q)
+        assert torch.equal(before + step, Q)
 
 
 def test_gd_matches_torch_sgd() -> None:

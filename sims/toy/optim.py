@@ -1,11 +1,17 @@
 """Batched optimizer update rules for the toy simulator, one per optimizer name.
 
 Each rule updates a parameter tensor in place given its gradient, with a learning rate that is a
-tensor broadcast against the parameter (one rate per configuration of the batch). GD, Adam and
-AdamW follow ``torch.optim.SGD``/``Adam``/``AdamW``'s single-tensor CPU path operation for
-operation (same bias correction, same order of floating-point operations), so a configuration
-of the batch is bit-identical to torch.optim on the same tensors. sign-GD is
-``p ← p − η·sign(g)`` with ``sign(0) = 0``.
+tensor broadcast against the parameter (one rate per configuration of the batch).
+
+- GD is ``torch.optim.SGD``'s update operation for operation, ``p ← p − η·g``.
+- sign-GD is ``p ← p − η·sign(g)`` with ``sign(0) = 0``.
+- Adam and AdamW run torch's own fused CPU kernel (``torch._fused_adam_`` /
+  ``torch._fused_adamw_``, what ``torch.optim.Adam(fused=True)`` and ``AdamW(fused=True)`` call):
+  one pass over parameter, gradient and both moments instead of the eight of the single-tensor
+  path, same bias correction. The batch entries are grouped by learning rate (the kernel takes
+  one rate per call) and contiguous runs of a group are passed as single tensors, so a
+  configuration of the batch is bit-identical to ``torch.optim.Adam(..., fused=True)`` on the
+  same tensors (and agrees with the default single-tensor path to one rounding).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
+#: Below this many elements per tensor the fused kernel is faster on one thread (its split
+#: across threads costs a few µs per tensor, more than the work itself).
+_SMALL = 2048
 
 
 def check_optimizer(name: str) -> str:
@@ -54,8 +63,8 @@ class OptimizerConfig:
 class _Moments:
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
-    denom: torch.Tensor  # work buffers, reused every step
-    update: torch.Tensor
+    update: torch.Tensor | None = None  # work buffer for the step, made when first needed
+    plan: tuple | None = None  # (cache key, calls): the fused-kernel calls, cached
 
 
 @dataclass
@@ -73,13 +82,17 @@ def apply_update(
     param: torch.Tensor,
     grad: torch.Tensor,
     lr: torch.Tensor,
+    *,
+    step_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One in-place update of ``param`` with its gradient ``grad``; returns the step taken.
 
     ``lr`` broadcasts against ``param`` (one rate per configuration of the batch).
     ``state.step`` must already count the current step (1 for the first update). The returned
-    tensor is the increment in exact arithmetic (``param_new − param_old`` before the final
-    rounding), e.g. ``−lr·g`` for GD; it lives in a work buffer that the next call overwrites.
+    tensor is the step taken: ``−lr·g`` for GD, the exact Adam increment before the final rounding
+    of ``p + step`` without weight decay, ``p_new − p_old`` with it; for Adam and AdamW it lives
+    in a work buffer that the next call overwrites, or in ``step_out`` (of ``param``'s shape)
+    where given.
     """
     name = cfg.name
     wd = cfg.weight_decay
@@ -87,42 +100,130 @@ def apply_update(
         if wd:
             grad = grad.add(param, alpha=wd)
         step = torch.sign(grad) if name == "signgd" else grad
-        delta = step * (-lr)
+        delta = torch.mul(step, -lr, out=step_out) if step_out is not None else step * (-lr)
         param.add_(delta)
         return delta
-    beta1, beta2 = cfg.betas
     mom = state.moments.get(key)
     if mom is None:
-        mom = _Moments(*(torch.zeros_like(param) for _ in range(4)))
+        mom = _Moments(torch.zeros_like(param), torch.zeros_like(param))
         state.moments[key] = mom
-    decay = None
-    if name == "adamw":
-        if wd:
-            decay = param * (-lr * wd)
-        param.mul_(1 - lr * wd)
-    elif wd:
-        grad = grad.add(param, alpha=wd)
-    mom.exp_avg.lerp_(grad, 1 - beta1)
-    mom.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    t = state.step
-    bias_correction1 = 1 - beta1**t
-    bias_correction2 = 1 - beta2**t
-    step_size = lr / bias_correction1
-    # denom = sqrt(v)/sqrt(bc2) + eps as torch forms it (quotient rounded, then the sum), fused
-    denom = torch.sqrt(mom.exp_avg_sq, out=mom.denom)
-    torch.addcdiv(
-        torch.tensor(cfg.eps, dtype=param.dtype),
-        denom,
-        torch.tensor(bias_correction2**0.5, dtype=param.dtype),
-        out=denom,
-    )
-    # torch's addcdiv computes p + (value·m)/denom: the product, the quotient, then the sum,
-    # each rounded once. Forming them one after the other rounds identically and keeps the step.
-    update = torch.mul(mom.exp_avg, -step_size, out=mom.update).div_(denom)
-    param.add_(update)
-    if decay is not None:
-        update.add_(decay)
-    return update
+    if not grad.is_contiguous() or grad.shape != param.shape:
+        grad = grad.expand_as(param).contiguous()
+    # Adam without weight decay: the step does not depend on the parameter, so the kernel runs
+    # on a zeroed buffer that then holds the step exactly, and p + step rounds as the kernel
+    # would (checked bit for bit in the tests). Otherwise the kernel updates p itself and the
+    # step is the difference.
+    direct = bool(wd)
+    if step_out is None and mom.update is None:
+        mom.update = torch.empty_like(param)
+    buf = mom.update if step_out is None else step_out
+    target = param if direct else buf
+    if direct:
+        buf.copy_(param)
+    else:
+        buf.zero_()
+    fused = torch._fused_adamw_ if name == "adamw" else torch._fused_adam_
+    step = torch.tensor(float(state.step), dtype=torch.float32)
+    beta1, beta2 = cfg.betas
+    threads = torch.get_num_threads()
+    for rate, ps, gs, ms, vs in _calls(mom, target, grad, lr):
+        # The kernel splits every tensor across all threads however small; small tensors go
+        # faster on one. The split falls on whole vector chunks, so the thread count does not
+        # change any element's arithmetic (the parity tests run with the default count).
+        one = threads > 1 and max(t.numel() for t in ps) < _SMALL
+        if one:
+            torch.set_num_threads(1)
+        try:
+            fused(
+                ps,
+                gs,
+                ms,
+                vs,
+                [],
+                [step] * len(ps),
+                lr=rate,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=wd,
+                eps=cfg.eps,
+                amsgrad=False,
+                maximize=False,
+            )
+        finally:
+            if one:
+                torch.set_num_threads(threads)
+    if direct:
+        return torch.sub(param, buf, out=buf)
+    param.add_(buf)
+    return buf
+
+
+def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> list:
+    """The fused-kernel calls of one update: per learning rate, the lists of tensors (views of
+    the updated tensor, the gradient and both moments) of the batch entries with that rate.
+
+    The batch dimensions are the leading ones up to the last where ``lr`` is not 1 (``lr`` must
+    be 1 along every later dimension; each entry must be contiguous). The kernel walks a tensor
+    in vector-width chunks and finishes with a scalar tail whose rounding may differ (the
+    compiler may contract it into fused multiply-adds), so consecutive entries of one rate that
+    follow each other in memory are merged into one tensor only when each entry is a whole
+    number of chunks (a multiple of 64 elements covers every vector width and the kernel's
+    cache-line work units): then every element meets the same arithmetic as in a tensor of its
+    own, as in torch.optim with one configuration. The views are cached while the tensors and
+    rates stay the same (every step of a simulation).
+    """
+    lr = torch.as_tensor(lr, dtype=torch.float64)
+    if lr.dim() > target.dim():
+        raise ValueError(f"learning rates of shape {tuple(lr.shape)} for a {target.dim()}-d tensor")
+    lr = lr.reshape((1,) * (target.dim() - lr.dim()) + tuple(lr.shape))
+    k = max((i + 1 for i, d in enumerate(lr.shape) if d != 1), default=0)
+    tensors = (target, grad, mom.exp_avg, mom.exp_avg_sq)
+    # An entry must be contiguous; where the tensors are strided views (A inside the simulator's
+    # [A; ΔA] buffer) further leading dimensions count as batch dimensions, of equal rates.
+    while k < target.dim() and not all(t[(0,) * k].is_contiguous() for t in tensors):
+        k += 1
+    values = tuple(lr.expand(*target.shape[:k], *lr.shape[k:]).reshape(-1).tolist())
+    cache_key = (values, *((t.data_ptr(), t.shape, t.stride()) for t in tensors))
+    if mom.plan is not None and mom.plan[0] == cache_key:
+        return mom.plan[1]
+    entries = []
+    for t in tensors:
+        es = [t]
+        for _ in range(k):
+            es = [e for x in es for e in x.unbind(0)]
+        entries.append(es)
+    per_entry = entries[0][0].numel()
+    chunks = per_entry % 64 == 0
+    if chunks:
+        ptrs = [[e.data_ptr() for e in es] for es in entries]
+        nbytes = [per_entry * t.element_size() for t in tensors]
+
+    def adjacent(i: int) -> bool:  # entry i follows entry i − 1 in memory, in every tensor
+        return all(p[i] == p[i - 1] + b for p, b in zip(ptrs, nbytes, strict=True))
+
+    by_rate: dict[float, list[list[int]]] = {}
+    for i, v in enumerate(values):
+        runs = by_rate.setdefault(v, [])
+        if chunks and runs and runs[-1][-1] == i - 1 and adjacent(i):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+
+    def view(t: torch.Tensor, es: list[torch.Tensor], run: list[int]) -> torch.Tensor:
+        if len(run) == 1:
+            return es[run[0]]
+        first = es[run[0]]
+        return t.as_strided((len(run) * per_entry,), (1,), first.storage_offset())
+
+    calls = [
+        (
+            rate,
+            *([view(t, es, run) for run in runs] for t, es in zip(tensors, entries, strict=True)),
+        )
+        for rate, runs in by_rate.items()
+    ]
+    mom.plan = (cache_key, calls)
+    return calls
 
 
 def reset_entries(state: OptimizerState, mask: torch.Tensor) -> None:
