@@ -11,7 +11,7 @@ ratio ``λ = η_B / η_A`` grows like ``n`` (DESIGN.md §1).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
 
@@ -128,7 +128,7 @@ class Parametrization:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dictionary (exponents as strings such as ``"-1/2"``)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # flat: no deep copy needed
         d["c_a"] = str(self.c_a)
         d["c_b"] = str(self.c_b)
         return d

@@ -50,17 +50,27 @@ STATS = (
 DEFAULT_DIVERGENCE_BOUND = 1e8
 
 
-def _lowrank_norms(g_l: torch.Tensor, g_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lowrank_norms(
+    g_l: torch.Tensor, g_r: torch.Tensor, spectral: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Frobenius and spectral norms of ``L R`` from its Gram matrices ``G_L = LᵀL``, ``G_R = RRᵀ``.
 
     ``‖LR‖_F² = Σ_ij (G_L)_ij (G_R)_ij`` and ``σ(LR)² = eig(G_R^{1/2} G_L G_R^{1/2})``: cost
-    ``O(k²(m + n))`` for an inner dimension ``k``, without forming the ``m × n`` product.
+    ``O(k²(m + n))`` for an inner dimension ``k``, without forming the ``m × n`` product. The
+    ``k × k`` products are elementwise sums, so an entry's result does not depend on the batch it
+    sits in. For ``k = 1`` the two norms coincide; ``spectral=False`` skips the eigenvalues (and
+    returns ``None`` for them).
     """
     fro = (g_l * g_r).sum((-1, -2)).clamp_min(0).sqrt()
+    if not spectral:
+        return fro, None
+    if g_l.shape[-1] == 1:
+        return fro, fro
     evals, evecs = torch.linalg.eigh(g_r)
     c = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
-    spec = torch.linalg.eigvalsh(c.transpose(-1, -2) @ g_l @ c).amax(-1).clamp_min(0).sqrt()
-    return fro, spec
+    gc = (g_l.unsqueeze(-1) * c.unsqueeze(-3)).sum(-2)
+    m = (c.transpose(-1, -2).unsqueeze(-1) * gc.unsqueeze(-3)).sum(-2)
+    return fro, torch.linalg.eigvalsh(m).amax(-1).clamp_min(0).sqrt()
 
 
 def _gram(P: torch.Tensor) -> torch.Tensor:
@@ -124,7 +134,13 @@ def run_batch(
     s = scale.to(dtype).reshape(1, C, 1, 1)
     A0e = A0.unsqueeze(1)  # (S, 1, r, n)
     B0e = B0.unsqueeze(1)  # (S, 1, m, r)
-    A = torch.empty(S, C, r, n, dtype=dtype).copy_(A0e.expand(S, C, r, n))  # never a view of A0
+    # A and the step ΔA the optimizer takes sit side by side, [A; ΔA] per entry, so that one
+    # batched product gives every Gram matrix the statistics need (‖A‖, ΔW_t and its change).
+    # Per seed, all the A come first and all the ΔA after them: A is one matrix per seed for the
+    # GEMMs, and for r = 1 the pair (A, ΔA) of an entry is a 2 × n matrix with evenly strided rows.
+    AD = torch.zeros(S, 2, C, r, n, dtype=dtype)
+    A, dA = AD[:, 0], AD[:, 1]
+    A.copy_(A0e.expand(S, C, r, n))  # never a view of A0
     B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
     Rb = R.unsqueeze(1)  # (S, 1, N, m)
     Xt = X.transpose(-1, -2)  # (S, n, N)
@@ -133,27 +149,47 @@ def run_batch(
     mixed = bool(A0.abs().amax() > 0) and bool(B0.abs().amax() > 0)
     D0 = torch.empty_like(A) if mixed else None
     grad_a = torch.empty_like(A)
+    grad_b = torch.empty_like(B)
     state = OptimizerState()
     out = {k: np.full((steps + 1, C, S), np.nan) for k in STATS}
     diverged_step = np.full((C, S), -1, dtype=np.int64)
     alive = torch.ones(S, C, dtype=torch.bool)
 
+    def project(inputs_t: torch.Tensor) -> torch.Tensor:
+        """``X Aᵀ`` for inputs ``Xᵀ`` ``(S, n, K)``: ``(S, C, K, r)``, one GEMM per seed."""
+        k = inputs_t.shape[-1]
+        return torch.bmm(A.view(S, C * r, n), inputs_t).view(S, C, r, k).transpose(-1, -2)
+
+    def gram_ad() -> torch.Tensor:
+        """The Gram matrix of ``[A; ΔA]`` per entry, ``(S, C, 2r, 2r)``."""
+        if r == 1:  # one product per seed over the C matrices (A; ΔA), 2 × n with row stride Cn
+            pairs = [AD[i].view(2, C, n).transpose(0, 1) for i in range(S)]
+            return torch.stack([torch.bmm(q, q.transpose(-1, -2)) for q in pairs])
+        At = A.transpose(-1, -2)
+        return _blocks(torch.matmul(A, At), torch.matmul(dA, At).transpose(-1, -2), _gram(dA))
+
     def features(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        za = torch.bmm(A.view(S, C * r, n), Xt).view(S, C, r, N).transpose(-1, -2)  # (S,C,N,r)
+        za = project(Xt)  # (S, C, N, r)
         zb = s * torch.matmul(za, B.transpose(-1, -2))  # (S, C, N, m)
         return za, zb
 
-    def store(t: int, name: str, v: torch.Tensor, ok: torch.Tensor) -> None:
-        out[name][t] = torch.where(ok, v, torch.nan).T.numpy()
+    def commit(t: int, row: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Store the statistics of step ``t`` (NaN where diverged); return where all are finite."""
+        vals = torch.stack(list(row.values()))  # (k, S, C): one check and one copy for all
+        finite = torch.isfinite(vals).all(0) & (row["loss"] <= divergence_bound)
+        arr = torch.where(finite & alive, vals, torch.nan).numpy()
+        for i, name in enumerate(row):
+            out[name][t] = arr[i].T
+        return finite
 
     def test_loss(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         n_test = X_test.shape[1]
-        za = torch.bmm(A.view(S, C * r, n), X_test.transpose(-1, -2))
-        za = za.view(S, C, r, n_test).transpose(-1, -2)
+        za = project(X_test.transpose(-1, -2))
         u = s * torch.matmul(za, B.transpose(-1, -2)) - R_test.unsqueeze(1)
         return 0.5 * u.square().sum((-1, -2)) / n_test
 
-    def record(t: int, za, zb, u, A, B, B_prev=None, dA=None) -> torch.Tensor:
+    def measure(za, zb, u, A, B, B_prev=None, stepped=False) -> dict[str, torch.Tensor]:
+        """The per-configuration statistics of the state ``A, B`` (features ``za``, ``zb``)."""
         loss = 0.5 * u.square().sum((-1, -2)) / N
         row = {
             "loss": loss,
@@ -164,49 +200,44 @@ def run_batch(
         }
         # ΔW_t = s(B A − B0 A0) = s[B − B0, B0][A; A − A0]: factors that do not cancel, so the
         # Gram matrices keep full relative precision. Likewise s[ΔB, B_prev][A; ΔA] per step.
-        At = A.transpose(-1, -2)
-        g_aa = torch.matmul(A, At)
+        g_ad = gram_ad()
+        g_aa = g_ad[..., :r, :r]
         row["norm_a"] = torch.diagonal(g_aa, dim1=-2, dim2=-1).sum(-1).sqrt()
         if D0 is None:
-            row["dw_fro"], row["dw_spec"] = _lowrank_norms(s * s * _gram(B.transpose(-1, -2)), g_aa)
+            row["dw_fro"], row["dw_spec"] = lowrank_norms(s * s * _gram(B.transpose(-1, -2)), g_aa)
         else:
             torch.sub(A, A0e, out=D0)
-            g_r = _blocks(g_aa, torch.matmul(D0, At).transpose(-1, -2), _gram(D0))
+            g_r = _blocks(g_aa, torch.matmul(D0, A.transpose(-1, -2)).transpose(-1, -2), _gram(D0))
             b0 = B0e.expand_as(B)
             L = s * torch.cat([B - b0, b0], -1)
-            row["dw_fro"], row["dw_spec"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)
-        if dA is not None:
+            row["dw_fro"], row["dw_spec"] = lowrank_norms(L.transpose(-1, -2) @ L, g_r)
+        if stepped:
             # ΔW_t − ΔW_{t−1} = s[ΔB, B_prev][A; ΔA] with ΔA the step the optimizer took
             L = s * torch.cat([B - B_prev, B_prev], -1)
-            g_r = _blocks(g_aa, torch.matmul(dA, At).transpose(-1, -2), _gram(dA))
-            row["dw_step_fro"] = _lowrank_norms(L.transpose(-1, -2) @ L, g_r)[0]
+            row["dw_step_fro"] = lowrank_norms(L.transpose(-1, -2) @ L, g_ad, spectral=False)[0]
         else:
             row["dw_step_fro"] = torch.zeros_like(loss)
-        finite = torch.isfinite(loss) & (loss <= divergence_bound)
-        for v in row.values():
-            finite &= torch.isfinite(v)
         if X_test is not None:
             row["test_loss"] = test_loss(A, B)
-            finite &= torch.isfinite(row["test_loss"])
-        ok = finite & alive
-        for k, v in row.items():
-            store(t, k, v, ok)
-        return finite
+        return row
 
     za, zb = features(A, B)
     u = zb - Rb
-    finite = record(0, za, zb, u, A, B)
+    finite = commit(0, measure(za, zb, u, A, B))
     if not finite.all():  # diverged before the first step (e.g. an initial loss above the bound)
         diverged_step[(~finite).T.numpy()] = 0
         alive &= finite
     for t in range(1, steps + 1):
         g = u / N  # ∂L/∂Z_B, (S, C, N, m)
-        grad_b = s * torch.matmul(g.transpose(-1, -2), za)  # (S, C, m, r)
+        torch.mul(s, torch.matmul(g.transpose(-1, -2), za), out=grad_b)  # (S, C, m, r)
         g_za = (s * torch.matmul(g, B)).transpose(-1, -2).reshape(S, C * r, N)  # ∂L/∂Z_Aᵀ
-        torch.bmm(g_za, X, out=grad_a.view(S, C * r, n))
+        if N == 1:  # an outer product: one product per entry, as the GEMM forms it, in one pass
+            torch.mul(g_za, X, out=grad_a.view(S, C * r, n))
+        else:
+            torch.bmm(g_za, X, out=grad_a.view(S, C * r, n))
         B_prev = B.clone()
         state.step = t
-        dA = apply_update(opt, state, "A", A, grad_a, lr_a)
+        apply_update(opt, state, "A", A, grad_a, lr_a, step_out=dA)
         apply_update(opt, state, "B", B, grad_b, lr_b)
         za_new, zb_new = features(A, B)
         dza = za_new - za
@@ -215,23 +246,16 @@ def run_batch(
         d2 = s * torch.matmul(za, dB.transpose(-1, -2))
         d3 = s * torch.matmul(dza, dB.transpose(-1, -2))
         u = zb_new - Rb
-        finite = record(t, za_new, zb_new, u, A, B, B_prev, dA)
-        deltas = {
-            "delta1": d1.abs().mean((-1, -2)),
-            "delta2": d2.abs().mean((-1, -2)),
-            "delta3": d3.abs().mean((-1, -2)),
-            "dzb": (zb_new - zb).abs().mean((-1, -2)),
-        }
-        for v in deltas.values():
-            finite &= torch.isfinite(v)
+        row = measure(za_new, zb_new, u, A, B, B_prev, stepped=True)
+        row["delta1"] = d1.abs().mean((-1, -2))
+        row["delta2"] = d2.abs().mean((-1, -2))
+        row["delta3"] = d3.abs().mean((-1, -2))
+        row["dzb"] = (zb_new - zb).abs().mean((-1, -2))
+        finite = commit(t, row)  # rows of configurations diverging now are NaN
         newly = alive & ~finite
-        for k, v in deltas.items():
-            store(t, k, v, alive & finite)
         if newly.any():
             diverged_step[newly.T.numpy()] = t
             alive &= finite
-            for k in STATS:
-                out[k][t][newly.T.numpy()] = np.nan
         if not alive.all():
             # Hold diverged configurations at zero so that no inf/NaN arithmetic goes on.
             dead = (~alive).reshape(S, C, 1, 1)

@@ -250,11 +250,7 @@ def simulate_batch(
                 frames.append(tidy_rows(res, width, group, seeds, steps, rank))
     finally:
         bar.close()
-    order = {p.name: i for i, p in enumerate(params)}
-    df = pd.concat(frames, ignore_index=True)
-    df = df.sort_values(
-        ["width", "param", "seed", "step"], key=lambda c: c.map(order) if c.name == "param" else c
-    ).reset_index(drop=True)
+    df = concat_ordered(frames, params)
     df.attrs["config"] = {
         "widths": widths,
         "seeds": seeds,
@@ -272,6 +268,20 @@ def simulate_batch(
     return df
 
 
+def concat_ordered(
+    frames: Sequence[pd.DataFrame], params: Sequence[Parametrization]
+) -> pd.DataFrame:
+    """The frames of a sweep as one DataFrame in the canonical row order: width, parametrization
+    (in the order given), seed, step. Reordered only where the frames are not in it already."""
+    df = pd.concat(frames, ignore_index=True)
+    order = {p.name: i for i, p in enumerate(params)}
+    keys = (df["step"], df["seed"], df["param"].map(order), df["width"])
+    idx = np.lexsort([k.to_numpy() for k in keys])
+    if not np.array_equal(idx, np.arange(len(df))):
+        df = df.take(idx).reset_index(drop=True)
+    return df
+
+
 def tidy_rows(
     res: dict[str, np.ndarray],
     width: int,
@@ -283,7 +293,8 @@ def tidy_rows(
     """Tidy rows (one per configuration × seed × step) from arrays ``(steps + 1, C, S)`` of a
     batched run at one width, with each parametrization's rates and scale as columns."""
     C, S, T = len(group), len(seeds), steps + 1
-    step, ci, si = np.meshgrid(np.arange(T), np.arange(C), np.arange(S), indexing="ij")
+    # rows in the canonical order: parametrization, seed, step
+    ci, si, step = np.meshgrid(np.arange(C), np.arange(S), np.arange(T), indexing="ij")
     step, ci, si = step.ravel(), ci.ravel(), si.ravel()
     cols: dict[str, Any] = {
         "width": np.full(step.shape, width),
@@ -301,7 +312,7 @@ def tidy_rows(
         "step": step,
     }
     for k in STATS:
-        cols[k] = res[k].ravel()
+        cols[k] = res[k].transpose(1, 2, 0).ravel()
     ds = res["diverged_step"][ci, si]
     cols["diverged"] = (ds >= 0) & (step >= ds)
     cols["diverged_step"] = ds

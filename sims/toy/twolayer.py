@@ -70,9 +70,9 @@ import torch
 from tqdm import tqdm
 
 from sims.params import Parametrization, check_init
-from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS
+from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, lowrank_norms
 from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
-from sims.toy.simulate import tidy_rows
+from sims.toy.simulate import concat_ordered, tidy_rows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DEFAULT_TEACHER_WIDTH = 32
@@ -487,22 +487,6 @@ def _gram(P: torch.Tensor) -> torch.Tensor:
     return (P.unsqueeze(-2) * P.unsqueeze(-3)).sum(-1)
 
 
-def _lowrank_norms(
-    g_l: torch.Tensor, g_r: torch.Tensor, spec: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Frobenius and spectral norms of ``L R`` from ``G_L = LᵀL`` and ``G_R = R Rᵀ`` (k × k)."""
-    fro = (g_l * g_r).sum((-1, -2)).clamp_min(0).sqrt()
-    if not spec:
-        return fro, None
-    if g_l.shape[-1] == 1:
-        return fro, fro
-    evals, evecs = torch.linalg.eigh(g_r)
-    c = evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)
-    gc = (g_l.unsqueeze(-1) * c.unsqueeze(-3)).sum(-2)
-    m = (c.transpose(-1, -2).unsqueeze(-1) * gc.unsqueeze(-3)).sum(-2)
-    return fro, torch.linalg.eigvalsh(m).amax(-1).clamp_min(0).sqrt()
-
-
 def _mean_abs_outer(
     za: torch.Tensor, B: torch.Tensor, s: torch.Tensor, full: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -568,7 +552,7 @@ def run_finetune(
     def stats(st: _State, A: torch.Tensor, B: torch.Tensor) -> dict[str, torch.Tensor]:
         bt = B.transpose(-1, -2).contiguous()
         g_a, g_b = _gram(A), _gram(bt)
-        fro, spec = _lowrank_norms(s * s * g_b, g_a)  # ΔW_t = s·B_t A_t, since B0·A0 = 0
+        fro, spec = lowrank_norms(s * s * g_b, g_a)  # ΔW_t = s·B_t A_t, since B0·A0 = 0
         row = {
             "loss": _half_mse(st.u),
             "za_mean_abs": _sum2(st.za.abs()) / (N * r),
@@ -612,7 +596,7 @@ def run_finetune(
         # ΔW_t − ΔW_{t−1} = s[ΔB, B_{t−1}][A_t; ΔA]
         L = (s * torch.cat([dB, B_prev], -1)).transpose(-1, -2).contiguous()
         R = torch.cat([A, A - A_prev], -2)
-        row["dw_step_fro"] = _lowrank_norms(_gram(L), _gram(R), spec=False)[0]
+        row["dw_step_fro"] = lowrank_norms(_gram(L), _gram(R), spectral=False)[0]
         signed = {}
         if on_step is not None or r > 1:
             signed = {"delta1": _zb(dza, B_prev, s), "delta2": _zb(st.za, dB, s)}
@@ -886,11 +870,7 @@ def simulate_twolayer(
                 frames.append(tidy_rows(res, width, group, seeds, steps, rank))
     finally:
         bar.close()
-    order = {p.name: i for i, p in enumerate(params)}
-    df = pd.concat(frames, ignore_index=True)
-    df = df.sort_values(
-        ["width", "param", "seed", "step"], key=lambda c: c.map(order) if c.name == "param" else c
-    ).reset_index(drop=True)
+    df = concat_ordered(frames, params)
     df.attrs["config"] = {
         "model": "twolayer",
         "widths": widths,
