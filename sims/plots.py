@@ -170,7 +170,8 @@ def _edges(c: np.ndarray) -> np.ndarray:
 def plot_landscapes(
     surfaces: Sequence, optima: pd.DataFrame, *, title: str | None = None, value: str = "loss"
 ) -> Figure:
-    """One heatmap of ``log10`` mean loss per width over ``(log2 η_A, log2 η_B)``, with the
+    """One heatmap of ``log10`` mean loss per width over ``(log2 η_A, log2 η_B)`` (colours span
+    two decades above the best; white where a seed diverged), with the
     near-optimal set (within 1% of the best) outlined, the equal-rate diagonal dashed, the fitted
     optimum (star) and the best equal-rate point (circle)."""
     from sims.landscape import near_optimal
@@ -180,7 +181,19 @@ def plot_landscapes(
     for ax, s in zip(axes[0], surfaces, strict=True):
         M = s.mean()
         extent = [s.u[0] - 0.5, s.u[-1] + 0.5, s.v[0] - 0.5, s.v[-1] + 0.5]
-        im = ax.imshow(np.log10(M).T, origin="lower", extent=extent, cmap="viridis", aspect="auto")
+        logm = np.log10(M)
+        lo_c = float(np.nanmin(logm)) if np.isfinite(logm).any() else 0.0
+        # two decades above the best: the structure near the optimum stays visible however
+        # large the loss gets at the divergence edge (the colour bar saturates there)
+        im = ax.imshow(
+            logm.T,
+            origin="lower",
+            extent=extent,
+            cmap="viridis",
+            aspect="auto",
+            vmin=lo_c,
+            vmax=lo_c + 2.0,
+        )
         du = s.u[1] - s.u[0] if len(s.u) > 1 else 1.0
         dv = s.v[1] - s.v[0] if len(s.v) > 1 else 1.0
         for i, j in zip(*np.nonzero(near_optimal(M)), strict=True):
@@ -194,7 +207,7 @@ def plot_landscapes(
         ax.plot(row["diag_log2_eta"], row["diag_log2_eta"], "o", color="#cc79a7", ms=7, mec="w")
         ax.set_title(f"n = {s.width}", fontsize=9)
         ax.set_xlabel("log2 η_A")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=f"log10 {value}")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=f"log10 {value}", extend="max")
     axes[0, 0].set_ylabel("log2 η_B")
     handles = [
         plt.Line2D([], [], color="#d55e00", marker="*", ls="", ms=10, label="optimum (fit)"),

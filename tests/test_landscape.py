@@ -119,6 +119,16 @@ def test_figure_built_end_to_end_in_fast_mode(tmp_path: Path, capsys) -> None:
     assert "## linear_optimal_rates" in readme and "loraplus-lab figures --only" in readme
 
 
+def test_gd_gap_figure_built_in_fast_mode(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "figs"
+    assert main(["figures", "--fast", "--only", "linear_gd_loss_gap", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "m = 8" in text and "GD" in text and "equal-rate gap per doubling" in text
+    assert (out / "linear_gd_loss_gap.png").stat().st_size > 10_000
+    data = pd.read_csv(out / "data" / "linear_landscape_gd.csv")
+    assert set(data["width"]) == {64, 256, 1024} and (data["eta_a"] == data["eta_b"]).any()
+
+
 def test_figures_list_and_unknown_name(tmp_path: Path, capsys) -> None:
     assert main(["figures", "--list"]) == 0
     assert "phase_diagram" in capsys.readouterr().out
@@ -176,3 +186,40 @@ def test_tiny_grids_are_refused(tmp_path: Path, capsys) -> None:
     assert main(["landscape", str(out)]) == 2
     err = capsys.readouterr().err
     assert "2 × 2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_under_gd_equal_rates_fall_behind_loraplus_as_width_grows() -> None:
+    """The mechanism behind linear_gd_loss_gap: on the linear task under GD, the best equal rate
+    (a fine line of η) loses more and more to the best LoRA+ pair (η_A = η̃_A·n0/n, η_B = η̃_B)
+    as the width grows, while LoRA+ keeps learning."""
+    from sims.figures import LINEAR_GD_TASK, LINEAR_STEPS
+    from sims.params import Parametrization
+    from sims.toy import simulate_batch
+
+    line = 2.0 ** np.arange(-12, 2.01, 0.5)
+    params = [Parametrization(f"eq{k}", e, e, 0, 0) for k, e in enumerate(line)]
+    params += [
+        Parametrization(f"lp{i}_{j}", ea, eb, -1, 0, n0=128)
+        for i, ea in enumerate(2.0 ** np.arange(-9, -2.9, 0.5))
+        for j, eb in enumerate(2.0 ** np.arange(-3, 1.1, 0.5))
+    ]
+    df = simulate_batch(
+        [128, 2048],
+        params,
+        range(8),
+        steps=LINEAR_STEPS,
+        problem="general",
+        problem_options=LINEAR_GD_TASK,
+        optimizer="gd",
+    )
+    last = df[df["step"] == LINEAR_STEPS]
+    # a configuration with a diverged seed has no mean (as in the landscapes)
+    mean = last.groupby(["width", "param"])["test_loss"].agg(lambda x: x.mean(skipna=False))
+    best = {
+        (w, kind): mean[w][[p for p in mean[w].index if p.startswith(kind)]].min()
+        for w in (128, 2048)
+        for kind in ("eq", "lp")
+    }
+    ratio = {w: best[w, "eq"] / best[w, "lp"] for w in (128, 2048)}
+    assert ratio[2048] > 2 * ratio[128], ratio
+    assert best[2048, "lp"] < 1.5 * best[128, "lp"], best

@@ -348,3 +348,22 @@ def test_test_loss_on_held_out_samples() -> None:
     assert (
         simulate(ToyProblem.paper(64, 0), eta_a=0.1, eta_b=0.1, steps=1)["test_loss"].isna().all()
     )
+
+
+def test_chunked_batches_agree_with_one_batch() -> None:
+    """Configurations split into batches of at most ``chunk`` give the same rows (to round-off:
+    only the composition of the batched products changes), in the same order."""
+    params = [preset(name, eta=eta) for name in ("lora", "loraplus") for eta in (0.003, 0.03)]
+    params = [p.with_(name=f"{p.name}-{i}") for i, p in enumerate(params)]
+    params.append(preset("lora", init="B").with_(name="lora-B"))
+    kw = dict(steps=4, problem="general", problem_options={"rank": 2, "samples": 3})
+    one = simulate_batch([64, 128], params, [0, 1], **kw)
+    parts = simulate_batch([64, 128], params, [0, 1], chunk=2, **kw)
+    assert parts.attrs["config"]["chunk"] == 2
+    cols = [c for c in one.columns if c not in STATS]
+    pd.testing.assert_frame_equal(one[cols], parts[cols])
+    np.testing.assert_allclose(
+        parts[list(STATS)].to_numpy(), one[list(STATS)].to_numpy(), rtol=1e-12, atol=1e-14
+    )
+    with pytest.raises(ValueError, match="chunk"):
+        simulate_batch([64], params, [0], steps=1, chunk=0)

@@ -64,7 +64,7 @@ class _Moments:
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
     update: torch.Tensor | None = None  # work buffer for the step, made when first needed
-    plan: tuple | None = None  # (cache key, calls): the fused-kernel calls, cached
+    plan: tuple | None = None  # (key, calls, quick key, rates): the fused-kernel calls, cached
 
 
 @dataclass
@@ -172,12 +172,21 @@ def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Te
     own, as in torch.optim with one configuration. The views are cached while the tensors and
     rates stay the same (every step of a simulation).
     """
+    tensors = (target, grad, mom.exp_avg, mom.exp_avg_sq)
+    # fast path: the same rate tensor, unchanged, and the same tensors as at the last call
+    quick = (
+        id(lr),
+        getattr(lr, "_version", None),
+        *((t.data_ptr(), t.shape, t.stride()) for t in tensors),
+    )
+    if mom.plan is not None and mom.plan[2] == quick and mom.plan[3] is lr:
+        return mom.plan[1]
+    rates = lr
     lr = torch.as_tensor(lr, dtype=torch.float64)
     if lr.dim() > target.dim():
         raise ValueError(f"learning rates of shape {tuple(lr.shape)} for a {target.dim()}-d tensor")
     lr = lr.reshape((1,) * (target.dim() - lr.dim()) + tuple(lr.shape))
     k = max((i + 1 for i, d in enumerate(lr.shape) if d != 1), default=0)
-    tensors = (target, grad, mom.exp_avg, mom.exp_avg_sq)
     # An entry must be contiguous; where the tensors are strided views (A inside the simulator's
     # [A; ΔA] buffer) further leading dimensions count as batch dimensions, of equal rates.
     while k < target.dim() and not all(t[(0,) * k].is_contiguous() for t in tensors):
@@ -185,6 +194,7 @@ def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Te
     values = tuple(lr.expand(*target.shape[:k], *lr.shape[k:]).reshape(-1).tolist())
     cache_key = (values, *((t.data_ptr(), t.shape, t.stride()) for t in tensors))
     if mom.plan is not None and mom.plan[0] == cache_key:
+        mom.plan = (cache_key, mom.plan[1], quick, rates)
         return mom.plan[1]
     entries = []
     for t in tensors:
@@ -222,7 +232,7 @@ def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Te
         )
         for rate, runs in by_rate.items()
     ]
-    mom.plan = (cache_key, calls)
+    mom.plan = (cache_key, calls, quick, rates)
     return calls
 
 

@@ -154,6 +154,7 @@ def simulate_batch(
     dtype: str | torch.dtype = "float64",
     divergence_bound: float = DEFAULT_DIVERGENCE_BOUND,
     progress: bool | None = None,
+    chunk: int | None = None,
 ) -> pd.DataFrame:
     """Width sweep: every parametrization × seed at every width, vectorised over configurations.
 
@@ -172,6 +173,8 @@ def simulate_batch(
         dtype: ``"float64"`` (default) or ``"float32"``.
         divergence_bound: loss above which a configuration counts as diverged.
         progress: show a progress bar (default: when stderr is a terminal).
+        chunk: at most this many configurations in one batch (default: all), to bound memory;
+            a configuration's result does not depend on the chunking beyond round-off.
 
     Returns:
         A tidy DataFrame with one row per width × parametrization × seed × step and the columns
@@ -198,6 +201,8 @@ def simulate_batch(
     if len(set(names)) != len(names):
         raise ValueError(f"parametrization names must be unique, got {names}")
     steps = _positive_int("steps", steps)
+    if chunk is not None:
+        chunk = _positive_int("chunk", chunk)
     if problem not in PROBLEMS:
         raise ValueError(f"problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
     opts = dict(problem_options or {})
@@ -214,8 +219,11 @@ def simulate_batch(
     inits = sorted({p.init for p in params})
     if progress is None:
         progress = sys.stderr.isatty()
+    groups = [[p for p in params if p.init == init] for init in inits]
+    size = chunk or max(len(g) for g in groups)
+    batches = [g[i : i + size] for g in groups for i in range(0, len(g), size)]
     bar = tqdm(
-        total=len(widths) * len(inits) * steps,
+        total=len(widths) * len(batches) * steps,
         desc="width sweep",
         unit="step",
         disable=not progress,
@@ -224,29 +232,34 @@ def simulate_batch(
     frames = []
     try:
         for width in widths:
-            for init in inits:
-                group = [p for p in params if p.init == init]
+            for group in groups:
+                init = group[0].init
                 problems = [factory(width, seed, init=init, **opts) for seed in seeds]
                 rank = problems[0].rank
                 X, R, A0, B0 = _stack(problems, dt)
-                eta_a = torch.tensor([p.rate_a(width) for p in group], dtype=torch.float64)
-                eta_b = torch.tensor([p.rate_b(width) for p in group], dtype=torch.float64)
-                scale = torch.tensor([p.scale(rank) for p in group], dtype=torch.float64)
-                bar.set_postfix(width=width, init=init)
-                res = run_batch(
-                    X,
-                    R,
-                    A0,
-                    B0,
-                    scale,
-                    eta_a,
-                    eta_b,
-                    steps,
-                    opt,
-                    divergence_bound=divergence_bound,
-                    on_step=lambda _t, _state: bar.update(1),
-                    **_stack_test(problems, dt),
-                )
+                test = _stack_test(problems, dt)
+                parts = []
+                for i in range(0, len(group), size):
+                    part = group[i : i + size]
+                    bar.set_postfix(width=width, init=init)
+                    parts.append(
+                        run_batch(
+                            X,
+                            R,
+                            A0,
+                            B0,
+                            torch.tensor([p.scale(rank) for p in part], dtype=torch.float64),
+                            torch.tensor([p.rate_a(width) for p in part], dtype=torch.float64),
+                            torch.tensor([p.rate_b(width) for p in part], dtype=torch.float64),
+                            steps,
+                            opt,
+                            divergence_bound=divergence_bound,
+                            on_step=(lambda _t, _state: bar.update(1)) if progress else None,
+                            **test,
+                        )
+                    )
+                res = {k: np.concatenate([r[k] for r in parts], axis=1) for k in STATS}
+                res["diverged_step"] = np.concatenate([r["diverged_step"] for r in parts])
                 frames.append(tidy_rows(res, width, group, seeds, steps, rank))
     finally:
         bar.close()
@@ -263,6 +276,7 @@ def simulate_batch(
         "weight_decay": opt.weight_decay,
         "dtype": str(dt).removeprefix("torch."),
         "divergence_bound": divergence_bound,
+        "chunk": chunk,
         "parametrizations": [p.to_dict() for p in params],
     }
     return df
