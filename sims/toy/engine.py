@@ -136,10 +136,11 @@ def run_batch(
     B0e = B0.unsqueeze(1)  # (S, 1, m, r)
     # A and the step ΔA the optimizer takes sit side by side, [A; ΔA] per entry, so that one
     # batched product gives every Gram matrix the statistics need (‖A‖, ΔW_t and its change).
-    # Per seed, all the A come first and all the ΔA after them: A is one matrix per seed for the
-    # GEMMs, and for r = 1 the pair (A, ΔA) of an entry is a 2 × n matrix with evenly strided rows.
-    AD = torch.zeros(S, 2, C, r, n, dtype=dtype)
-    A, dA = AD[:, 0], AD[:, 1]
+    # All the A come first and all the ΔA after them: A is one contiguous matrix per seed for the
+    # GEMMs, and for r = 1 the pair (A, ΔA) of an entry is a 2 × n matrix with evenly strided
+    # rows, so one batched product gives all the Gram matrices.
+    AD = torch.zeros(2, S, C, r, n, dtype=dtype)
+    A, dA = AD[0], AD[1]
     A.copy_(A0e.expand(S, C, r, n))  # never a view of A0
     B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
     Rb = R.unsqueeze(1)  # (S, 1, N, m)
@@ -162,9 +163,9 @@ def run_batch(
 
     def gram_ad() -> torch.Tensor:
         """The Gram matrix of ``[A; ΔA]`` per entry, ``(S, C, 2r, 2r)``."""
-        if r == 1:  # one product per seed over the C matrices (A; ΔA), 2 × n with row stride Cn
-            pairs = [AD[i].view(2, C, n).transpose(0, 1) for i in range(S)]
-            return torch.stack([torch.bmm(q, q.transpose(-1, -2)) for q in pairs])
+        if r == 1:  # one product over the S·C matrices (A; ΔA), 2 × n with row stride S·C·n
+            q = AD.view(2, S * C, n).transpose(0, 1)
+            return torch.bmm(q, q.transpose(-1, -2)).view(S, C, 2, 2)
         At = A.transpose(-1, -2)
         return _blocks(torch.matmul(A, At), torch.matmul(dA, At).transpose(-1, -2), _gram(dA))
 
