@@ -318,7 +318,7 @@ def plot_linear_optima(df: pd.DataFrame, setup: str = ADAM_SETUP) -> Figure:
     return plot_optimal_rates(
         optima,
         fits,
-        title=f"Optimal rates against width (linear task, {setup}, T = {LINEAR_STEPS})",
+        title=f"Optimal rates against width\n(linear task, {setup}, T = {LINEAR_STEPS})",
     )
 
 
