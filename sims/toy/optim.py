@@ -9,9 +9,10 @@ tensor broadcast against the parameter (one rate per configuration of the batch)
   ``torch._fused_adamw_``, what ``torch.optim.Adam(fused=True)`` and ``AdamW(fused=True)`` call):
   one pass over parameter, gradient and both moments instead of the eight of the single-tensor
   path, same bias correction. The batch entries are grouped by learning rate (the kernel takes
-  one rate per call) and contiguous runs of a group are passed as single tensors, so a
-  configuration of the batch is bit-identical to ``torch.optim.Adam(..., fused=True)`` on the
-  same tensors (and agrees with the default single-tensor path to one rounding).
+  one rate per call), and runs of a group share one tensor only where that leaves every
+  element's arithmetic unchanged (see :func:`_calls`), so a configuration of the batch is
+  bit-identical to ``torch.optim.Adam(..., fused=True)`` on the same tensors (and agrees with the
+  default single-tensor path to within a few roundings).
 """
 
 from __future__ import annotations
