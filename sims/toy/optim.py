@@ -127,11 +127,11 @@ def apply_update(
     step = torch.tensor(float(state.step), dtype=torch.float32)
     beta1, beta2 = cfg.betas
     threads = torch.get_num_threads()
-    for rate, ps, gs, ms, vs in _calls(mom, target, grad, lr):
+    for rate, small, ps, gs, ms, vs in _calls(mom, target, grad, lr):
         # The kernel splits every tensor across all threads however small; small tensors go
         # faster on one. The split falls on whole vector chunks, so the thread count does not
         # change any element's arithmetic (the parity tests run with the default count).
-        one = threads > 1 and max(t.numel() for t in ps) < _SMALL
+        one = threads > 1 and small
         if one:
             torch.set_num_threads(1)
         try:
@@ -160,8 +160,9 @@ def apply_update(
 
 
 def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> list:
-    """The fused-kernel calls of one update: per learning rate, the lists of tensors (views of
-    the updated tensor, the gradient and both moments) of the batch entries with that rate.
+    """The fused-kernel calls of one update: per learning rate, whether all its tensors are small
+    (below :data:`_SMALL` elements) and the lists of tensors (views of the updated tensor, the
+    gradient and both moments) of the batch entries with that rate.
 
     The batch dimensions are the leading ones up to the last where ``lr`` is not 1 (``lr`` must
     be 1 along every later dimension; each entry must be contiguous). The kernel walks a tensor
@@ -229,6 +230,7 @@ def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Te
     calls = [
         (
             rate,
+            max(len(run) for run in runs) * per_entry < _SMALL,  # every tensor of the call small
             *([view(t, es, run) for run in runs] for t, es in zip(tensors, entries, strict=True)),
         )
         for rate, runs in by_rate.items()
