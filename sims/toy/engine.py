@@ -27,7 +27,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
+from sims.toy import kernels, workspace
+from sims.toy.optim import (
+    KERNEL_OPTIMIZERS,
+    OptimizerConfig,
+    OptimizerState,
+    apply_outer_update,
+    apply_update,
+    reset_entries,
+)
 
 #: Every statistic recorded per configuration × seed × step.
 STATS = (
@@ -98,6 +106,7 @@ def run_batch(
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     X_test: torch.Tensor | None = None,
     R_test: torch.Tensor | None = None,
+    keep_buffers: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Simulate ``C`` configurations × ``S`` seeds for ``steps`` steps.
 
@@ -117,6 +126,9 @@ def run_batch(
             step (``A``, ``B``, ``Z_A``, ``Z_B``, ``delta1..3``, ``dZ_B``, and ``alive``, the
             ``(C, S)`` mask of configurations that have not diverged): progress bars and
             tests of the decomposition hook in here.
+        keep_buffers: take the width-sized state from :mod:`sims.toy.workspace` and leave it
+            there for the next run of the same shape (default: when there is no ``on_step``,
+            which might hold on to the tensors it is given).
 
     Returns:
         ``{stat: array (steps + 1, C, S)}`` for every name in :data:`STATS`, plus
@@ -139,9 +151,16 @@ def run_batch(
     # All the A come first and all the ΔA after them: A is one contiguous matrix per seed for the
     # GEMMs, and for r = 1 the pair (A, ΔA) of an entry is a 2 × n matrix with evenly strided
     # rows, so one batched product gives all the Gram matrices.
-    AD = torch.zeros(2, S, C, r, n, dtype=dtype)
+    # The width-sized state comes from the workspace (kept between runs of one shape).
+    pooled = on_step is None if keep_buffers is None else keep_buffers
+    AD = (
+        workspace.take((2, S, C, r, n), dtype)
+        if pooled
+        else torch.empty(2, S, C, r, n, dtype=dtype)
+    )
     A, dA = AD[0], AD[1]
     A.copy_(A0e.expand(S, C, r, n))  # never a view of A0
+    dA.zero_()
     B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
     Rb = R.unsqueeze(1)  # (S, 1, N, m)
     Xt = X.transpose(-1, -2)  # (S, n, N)
@@ -149,9 +168,11 @@ def run_batch(
     # is s[B − B0, B0][A; A − A0], factors that do not cancel, with A − A0 kept in D0.
     mixed = bool(A0.abs().amax() > 0) and bool(B0.abs().amax() > 0)
     D0 = torch.empty_like(A) if mixed else None
-    grad_a = torch.empty_like(A)
+    grad_a = torch.empty_like(A) if N > 1 else None
     grad_b = torch.empty_like(B)
     state = OptimizerState()
+    if pooled and opt.name in ("adam", "adamw"):  # A's moments, zero
+        state.set_moments("A", *(workspace.take(A.shape, dtype).zero_() for _ in "mv"))
     out = {k: np.full((steps + 1, C, S), np.nan) for k in STATS}
     diverged_step = np.full((C, S), -1, dtype=np.int64)
     alive = torch.ones(S, C, dtype=torch.bool)
@@ -161,8 +182,21 @@ def run_batch(
         k = inputs_t.shape[-1]
         return torch.bmm(A.view(S, C * r, n), inputs_t).view(S, C, r, k).transpose(-1, -2)
 
+    # For a single sample with Adam/AdamW the update kernel also returns the new features
+    # Z_A = A x and (r = 1) the Gram matrix of [A; ΔA], summed while each row is in cache; the
+    # initial ones are summed in the same order, so that Z_A does not move where A does not.
+    fused = N == 1 and opt.name in KERNEL_OPTIMIZERS
+    za_k = torch.empty(S, C, r, dtype=dtype) if fused else None
+    gram_k = torch.empty(S, C, 3, dtype=dtype) if fused and r == 1 else None
+    if fused:
+        E = S * C
+        g0 = None if gram_k is None else gram_k.view(E, 3)
+        kernels.row_sums(X[:, 0, :], A.view(E, r, n), dA.view(E, r, n), za_k.view(E, r), g0)
+
     def gram_ad() -> torch.Tensor:
         """The Gram matrix of ``[A; ΔA]`` per entry, ``(S, C, 2r, 2r)``."""
+        if gram_k is not None:
+            return gram_k[..., [0, 1, 1, 2]].view(S, C, 2, 2)
         if r == 1:  # one product over the S·C matrices (A; ΔA), 2 × n with row stride S·C·n
             q = AD.view(2, S * C, n).transpose(0, 1)
             return torch.bmm(q, q.transpose(-1, -2)).view(S, C, 2, 2)
@@ -170,7 +204,7 @@ def run_batch(
         return _blocks(torch.matmul(A, At), torch.matmul(dA, At).transpose(-1, -2), _gram(dA))
 
     def features(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        za = project(Xt)  # (S, C, N, r)
+        za = za_k.unsqueeze(-2).clone() if fused else project(Xt)  # (S, C, N, r)
         zb = s * torch.matmul(za, B.transpose(-1, -2))  # (S, C, N, m)
         return za, zb
 
@@ -231,14 +265,25 @@ def run_batch(
     for t in range(1, steps + 1):
         g = u / N  # ∂L/∂Z_B, (S, C, N, m)
         torch.mul(s, torch.matmul(g.transpose(-1, -2), za), out=grad_b)  # (S, C, m, r)
-        g_za = (s * torch.matmul(g, B)).transpose(-1, -2).reshape(S, C * r, N)  # ∂L/∂Z_Aᵀ
-        if N == 1:  # an outer product: one product per entry, as the GEMM forms it, in one pass
-            torch.mul(g_za, X, out=grad_a.view(S, C * r, n))
-        else:
-            torch.bmm(g_za, X, out=grad_a.view(S, C * r, n))
+        g_za = s * torch.matmul(g, B)  # ∂L/∂Z_A, (S, C, N, r)
         B_prev = B.clone()
         state.step = t
-        apply_update(opt, state, "A", A, grad_a, lr_a, step_out=dA)
+        if N == 1:  # ∂L/∂A is an outer product, formed inside the update (never stored)
+            apply_outer_update(
+                opt,
+                state,
+                "A",
+                A,
+                g_za[:, :, 0, :],
+                X[:, 0, :],
+                lr_a,
+                step_out=dA,
+                features_out=za_k,
+                gram_out=gram_k,
+            )
+        else:
+            torch.bmm(g_za.transpose(-1, -2).reshape(S, C * r, N), X, out=grad_a.view(S, C * r, n))
+            apply_update(opt, state, "A", A, grad_a, lr_a, step_out=dA)
         apply_update(opt, state, "B", B, grad_b, lr_b)
         za_new, zb_new = features(A, B)
         dza = za_new - za
@@ -263,7 +308,9 @@ def run_batch(
             A.masked_fill_(dead, 0.0)
             B.masked_fill_(dead, 0.0)
             reset_entries(state, ~alive)
-            za_new, zb_new = features(A, B)
+            # their features are now exactly zero (A = B = 0)
+            za_new = za_new.masked_fill(dead, 0.0)
+            zb_new = zb_new.masked_fill(dead, 0.0)
             u = (zb_new - Rb).masked_fill_(dead, 0.0)
         if on_step is not None:
             on_step(
@@ -284,6 +331,8 @@ def run_batch(
                 },
             )
         za, zb = za_new, zb_new
+    if pooled:
+        workspace.give_back(AD, *state.moment_tensors("A"))
     result = dict(out)
     result["diverged_step"] = diverged_step
     return result

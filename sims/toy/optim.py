@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sims.toy import kernels
+
 OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
+#: The optimizers :func:`apply_outer_update` runs in the compiled kernel.
+KERNEL_OPTIMIZERS = ("adam", "adamw")
 #: Below this many elements per tensor the fused kernel is faster on one thread (its split
 #: across threads costs a few µs per tensor, more than the work itself).
 _SMALL = 2048
@@ -74,6 +78,15 @@ class OptimizerState:
 
     step: int = 0
     moments: dict[str, _Moments] = field(default_factory=dict)
+
+    def set_moments(self, key: str, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
+        """Use the given (zeroed) tensors as the Adam moments of ``key``."""
+        self.moments[key] = _Moments(exp_avg, exp_avg_sq)
+
+    def moment_tensors(self, key: str) -> tuple[torch.Tensor, ...]:
+        """The moment tensors of ``key`` (none before its first Adam update)."""
+        mom = self.moments.get(key)
+        return () if mom is None else (mom.exp_avg, mom.exp_avg_sq)
 
 
 def apply_update(
@@ -157,6 +170,58 @@ def apply_update(
         return torch.sub(param, buf, out=buf)
     param.add_(buf)
     return buf
+
+
+def apply_outer_update(
+    cfg: OptimizerConfig,
+    state: OptimizerState,
+    key: str,
+    param: torch.Tensor,
+    coef: torch.Tensor,
+    x: torch.Tensor,
+    lr: torch.Tensor,
+    *,
+    step_out: torch.Tensor,
+    features_out: torch.Tensor | None = None,
+    gram_out: torch.Tensor | None = None,
+) -> bool:
+    """:func:`apply_update` for a gradient that is an outer product, as ``∂L/∂A`` is for a single
+    training sample: ``grad[s, c, i] = coef[s, c, i]·x[s]``.
+
+    Shapes: ``param`` and ``step_out`` ``(S, C, r, n)`` contiguous, ``coef`` ``(S, C, r)``,
+    ``x`` ``(S, n)``, ``lr`` broadcastable to ``(S, C, 1, 1)``. Adam and AdamW run the compiled
+    kernel of :mod:`sims.toy.kernels` (the gradient is never stored; the arithmetic of torch's
+    fused kernel); GD and sign-GD form the gradient and call :func:`apply_update`. Returns the step
+    taken, in ``step_out``.
+    """
+    S, C, r, n = param.shape
+    if cfg.name not in KERNEL_OPTIMIZERS:
+        grad = torch.mul(coef.unsqueeze(-1), x.reshape(S, 1, 1, n))
+        apply_update(cfg, state, key, param, grad, lr, step_out=step_out)
+        return False
+    mom = state.moments.get(key)
+    if mom is None:
+        mom = _Moments(torch.zeros_like(param), torch.zeros_like(param))
+        state.moments[key] = mom
+    E = S * C
+    rates = torch.as_tensor(lr, dtype=torch.float64).expand(S, C, 1, 1).reshape(E)
+    kernels.adam_outer_step(
+        x,
+        coef.reshape(E, r),
+        param.view(E, r, n),
+        mom.exp_avg.view(E, r, n),
+        mom.exp_avg_sq.view(E, r, n),
+        step_out.view(E, r, n),
+        rates.reshape(E),
+        step=state.step,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        decoupled=cfg.name == "adamw",
+        features_out=None if features_out is None else features_out.view(E, r),
+        gram_out=None if gram_out is None else gram_out.view(E, 3),
+    )
+    return True
 
 
 def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> list:

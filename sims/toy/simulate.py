@@ -255,6 +255,7 @@ def simulate_batch(
                             opt,
                             divergence_bound=divergence_bound,
                             on_step=(lambda _t, _state: bar.update(1)) if progress else None,
+                            keep_buffers=True,  # the progress hook keeps no tensor
                             **test,
                         )
                     )
