@@ -27,7 +27,7 @@ from sims.sweep.spec import SweepSpec
 
 #: Bump when the simulator's results change for the same configuration: old stores then refuse
 #: to mix with new results instead of silently doing so.
-ENGINE_VERSION = 3  # 3: Adam/AdamW through torch's fused kernel (results change at round-off)
+ENGINE_VERSION = 4  # 4: single-sample Adam/AdamW in the compiled kernel (round-off changes)
 
 
 @dataclass(frozen=True)
