@@ -4,6 +4,7 @@ against the products they replace, and the workspace that keeps buffers between 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -144,7 +145,7 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
 def test_kept_buffers_give_the_same_results() -> None:
     """A run on buffers kept from an earlier run (undefined contents) equals a run on fresh
     ones, and a run whose on_step hook may keep the tensors takes nothing from the workspace."""
-    prob = ToyProblem.paper(512, 3)
+    prob = ToyProblem.general(512, 3, rank=2, outputs=1, samples=1)  # the step-by-step path
     workspace.clear()
     fresh = simulate(prob, eta_a=0.01, eta_b=0.02, steps=5)
     assert workspace.kept_bytes() > 0
@@ -157,6 +158,25 @@ def test_kept_buffers_give_the_same_results() -> None:
     kept = workspace.kept_bytes()
     hooked = simulate(prob, eta_a=0.01, eta_b=0.02, steps=5, on_step=lambda t, st: None)
     assert hooked.equals(fresh) and workspace.kept_bytes() == kept
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "weight_decay", "init"),
+    [("adam", 0.0, "A"), ("adamw", 0.01, "B"), ("adam", 0.05, "A")],
+)
+def test_whole_runs_equal_the_step_by_step_path(optimizer, weight_decay, init) -> None:
+    """The paper toy's whole-run kernel gives the step-by-step path's DataFrame bit for bit
+    (an on_step hook forces the step-by-step path), diverging configurations included."""
+    rates = [(1e-3, 1e-2), (3e-3, 3e-2), (3.0, 30.0)]  # the last one diverges
+    diverged = []
+    for a, b in rates:
+        prob = ToyProblem.paper(1024, 5, init=init)
+        kw = dict(eta_a=a, eta_b=b, steps=12, optimizer=optimizer, weight_decay=weight_decay)
+        whole = simulate(prob, divergence_bound=50.0, **kw)
+        steps = simulate(prob, divergence_bound=50.0, on_step=lambda t, st: None, **kw)
+        pd.testing.assert_frame_equal(whole, steps, check_exact=True)
+        diverged.append(bool(whole["diverged"].any()))
+    assert diverged == [False, False, True]
 
 
 def test_workspace_keeps_at_most_its_limit(monkeypatch) -> None:

@@ -107,6 +107,7 @@ def run_batch(
     X_test: torch.Tensor | None = None,
     R_test: torch.Tensor | None = None,
     keep_buffers: bool | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Simulate ``C`` configurations × ``S`` seeds for ``steps`` steps.
 
@@ -129,6 +130,7 @@ def run_batch(
         keep_buffers: take the width-sized state from :mod:`sims.toy.workspace` and leave it
             there for the next run of the same shape (default: when there is no ``on_step``,
             which might hold on to the tensors it is given).
+        on_progress: called with 1 after each step (progress bars).
 
     Returns:
         ``{stat: array (steps + 1, C, S)}`` for every name in :data:`STATS`, plus
@@ -146,32 +148,63 @@ def run_batch(
     s = scale.to(dtype).reshape(1, C, 1, 1)
     A0e = A0.unsqueeze(1)  # (S, 1, r, n)
     B0e = B0.unsqueeze(1)  # (S, 1, m, r)
-    # A and the step ΔA the optimizer takes sit side by side, [A; ΔA] per entry, so that one
-    # batched product gives every Gram matrix the statistics need (‖A‖, ΔW_t and its change).
-    # All the A come first and all the ΔA after them: A is one contiguous matrix per seed for the
-    # GEMMs, and for r = 1 the pair (A, ΔA) of an entry is a 2 × n matrix with evenly strided
-    # rows, so one batched product gives all the Gram matrices.
-    # The width-sized state comes from the workspace (kept between runs of one shape).
-    pooled = on_step is None if keep_buffers is None else keep_buffers
-    AD = (
-        workspace.take((2, S, C, r, n), dtype)
-        if pooled
-        else torch.empty(2, S, C, r, n, dtype=dtype)
-    )
-    A, dA = AD[0], AD[1]
-    A.copy_(A0e.expand(S, C, r, n))  # never a view of A0
-    dA.zero_()
-    B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
     Rb = R.unsqueeze(1)  # (S, 1, N, m)
     Xt = X.transpose(-1, -2)  # (S, n, N)
     # ΔW_t = s(B_t A_t − B0 A0) is s·B_t A_t when B0 A0 = 0 (both Init[A] and Init[B]); else it
     # is s[B − B0, B0][A; A − A0], factors that do not cancel, with A − A0 kept in D0.
     mixed = bool(A0.abs().amax() > 0) and bool(B0.abs().amax() > 0)
-    D0 = torch.empty_like(A) if mixed else None
-    grad_a = torch.empty_like(A) if N > 1 else None
+    # The paper's toy (one sample, rank 1, one output) with Adam/AdamW runs every step of each
+    # configuration in the compiled kernel, its state in cache, and records Z_A, b and the Gram
+    # matrix of [A; ΔA] per step: the statistics below then come from those, with the same
+    # arithmetic as the step-by-step path (bit for bit). Hooks that want the tensors of each step,
+    # a test set and a mixed initialisation take the step-by-step path.
+    whole = (
+        N == 1
+        and r == 1
+        and m == 1
+        and opt.name in KERNEL_OPTIMIZERS
+        and dtype == torch.float64
+        and on_step is None
+        and X_test is None
+        and not mixed
+    )
+    pooled = not whole and (on_step is None if keep_buffers is None else keep_buffers)
+    if whole:
+        za_run, b_run, gram_run = kernels.toy_trajectories(
+            X[:, 0, :],
+            A0[:, 0, :],
+            B0[:, 0, 0],
+            R[:, 0, 0],
+            scale,
+            eta_a,
+            eta_b,
+            steps=steps,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            decoupled=opt.name == "adamw",
+            bound=divergence_bound,
+        )
+        AD = A = dA = D0 = grad_a = None
+        B = b_run[0].view(S, C, 1, 1)
+    else:
+        # A and the step ΔA the optimizer takes sit side by side, [A; ΔA] per entry, so that one
+        # batched product gives every Gram matrix the statistics need (‖A‖, ΔW_t and its
+        # change). All the A come first and all the ΔA after them: A is one contiguous matrix
+        # per seed for the GEMMs, and for r = 1 the pair (A, ΔA) of an entry is a 2 × n matrix
+        # with evenly strided rows, so one batched product gives all the Gram matrices. The
+        # width-sized state comes from the workspace (kept between runs of one shape).
+        shape = (2, S, C, r, n)
+        AD = workspace.take(shape, dtype) if pooled else torch.empty(shape, dtype=dtype)
+        A, dA = AD[0], AD[1]
+        A.copy_(A0e.expand(S, C, r, n))  # never a view of A0
+        dA.zero_()
+        B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
+        D0 = torch.empty_like(A) if mixed else None
+        grad_a = torch.empty_like(A) if N > 1 else None
     grad_b = torch.empty_like(B)
     state = OptimizerState()
-    if pooled and opt.name in ("adam", "adamw"):  # A's moments, zero
+    if pooled and opt.name in KERNEL_OPTIMIZERS:  # A's moments, zero
         state.set_moments("A", *(workspace.take(A.shape, dtype).zero_() for _ in "mv"))
     out = {k: np.full((steps + 1, C, S), np.nan) for k in STATS}
     diverged_step = np.full((C, S), -1, dtype=np.int64)
@@ -185,9 +218,11 @@ def run_batch(
     # For a single sample with Adam/AdamW the update kernel also returns the new features
     # Z_A = A x and (r = 1) the Gram matrix of [A; ΔA], summed while each row is in cache; the
     # initial ones are summed in the same order, so that Z_A does not move where A does not.
-    fused = N == 1 and opt.name in KERNEL_OPTIMIZERS
+    fused = N == 1 and opt.name in KERNEL_OPTIMIZERS and not whole
     za_k = torch.empty(S, C, r, dtype=dtype) if fused else None
     gram_k = torch.empty(S, C, 3, dtype=dtype) if fused and r == 1 else None
+    if whole:
+        gram_k = gram_run[0]
     if fused:
         E = S * C
         g0 = None if gram_k is None else gram_k.view(E, 3)
@@ -196,7 +231,7 @@ def run_batch(
     def gram_ad() -> torch.Tensor:
         """The Gram matrix of ``[A; ΔA]`` per entry, ``(S, C, 2r, 2r)``."""
         if gram_k is not None:
-            return gram_k[..., [0, 1, 1, 2]].view(S, C, 2, 2)
+            return gram_k[..., [0, 1, 1, 2]].view(*gram_k.shape[:-1], 2, 2)
         if r == 1:  # one product over the S·C matrices (A; ΔA), 2 × n with row stride S·C·n
             q = AD.view(2, S * C, n).transpose(0, 1)
             return torch.bmm(q, q.transpose(-1, -2)).view(S, C, 2, 2)
@@ -208,14 +243,38 @@ def run_batch(
         zb = s * torch.matmul(za, B.transpose(-1, -2))  # (S, C, N, m)
         return za, zb
 
-    def commit(t: int, row: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Store the statistics of step ``t`` (NaN where diverged); return where all are finite."""
-        vals = torch.stack(list(row.values()))  # (k, S, C): one check and one copy for all
-        finite = torch.isfinite(vals).all(0) & (row["loss"] <= divergence_bound)
-        arr = torch.where(finite & alive, vals, torch.nan).numpy()
-        for i, name in enumerate(row):
-            out[name][t] = arr[i].T
-        return finite
+    def commit(t0: int, rows: dict[str, torch.Tensor]) -> None:
+        """Store the statistics of steps ``t0, t0 + 1, ...`` (leading dimension of each tensor):
+        a configuration diverges at the first step where a statistic is not finite or the loss
+        exceeds the bound; its rows from there on are NaN and it is no longer ``alive``."""
+        vals = torch.stack(list(rows.values()))  # (k, K, S, C): one check and one copy for all
+        finite = torch.isfinite(vals).all(0) & (rows["loss"] <= divergence_bound)
+        kept = torch.empty_like(finite)
+        for i in range(finite.shape[0]):
+            newly = alive & ~finite[i]
+            if newly.any():
+                diverged_step[newly.T.numpy()] = t0 + i
+                alive.logical_and_(finite[i])
+            kept[i] = alive
+        arr = torch.where(kept, vals, torch.nan).numpy()
+        for j, name in enumerate(rows):
+            out[name][t0 : t0 + finite.shape[0]] = arr[j].transpose(0, 2, 1)
+
+    def deltas(za, za_new, zb, zb_new, B_prev, B) -> tuple[dict, tuple]:
+        """``δ¹ = s·B_prev ΔZ_A``, ``δ² = s·ΔB Z_A``, ``δ³ = s·ΔB ΔZ_A`` (signed) and their mean
+        absolute values with that of ``ΔZ_B``, for states with any leading dimensions."""
+        dza = za_new - za
+        dB = B - B_prev
+        d1 = s * torch.matmul(dza, B_prev.transpose(-1, -2))
+        d2 = s * torch.matmul(za, dB.transpose(-1, -2))
+        d3 = s * torch.matmul(dza, dB.transpose(-1, -2))
+        stats = {
+            "delta1": d1.abs().mean((-1, -2)),
+            "delta2": d2.abs().mean((-1, -2)),
+            "delta3": d3.abs().mean((-1, -2)),
+            "dzb": (zb_new - zb).abs().mean((-1, -2)),
+        }
+        return stats, (d1, d2, d3)
 
     def test_loss(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         n_test = X_test.shape[1]
@@ -256,13 +315,9 @@ def run_batch(
             row["test_loss"] = test_loss(A, B)
         return row
 
-    za, zb = features(A, B)
-    u = zb - Rb
-    finite = commit(0, measure(za, zb, u, A, B))
-    if not finite.all():  # diverged before the first step (e.g. an initial loss above the bound)
-        diverged_step[(~finite).T.numpy()] = 0
-        alive &= finite
-    for t in range(1, steps + 1):
+    def advance(t: int, u: torch.Tensor, za: torch.Tensor, B: torch.Tensor) -> tuple:
+        """One optimizer step of A and B (in place) from the residual ``u`` and features ``za``
+        of the current state; returns ``B`` before the step and the new features."""
         g = u / N  # ∂L/∂Z_B, (S, C, N, m)
         torch.mul(s, torch.matmul(g.transpose(-1, -2), za), out=grad_b)  # (S, C, m, r)
         g_za = s * torch.matmul(g, B)  # ∂L/∂Z_A, (S, C, N, r)
@@ -286,51 +341,66 @@ def run_batch(
             apply_update(opt, state, "A", A, grad_a, lr_a, step_out=dA)
         apply_update(opt, state, "B", B, grad_b, lr_b)
         za_new, zb_new = features(A, B)
-        dza = za_new - za
-        dB = B - B_prev
-        d1 = s * torch.matmul(dza, B_prev.transpose(-1, -2))
-        d2 = s * torch.matmul(za, dB.transpose(-1, -2))
-        d3 = s * torch.matmul(dza, dB.transpose(-1, -2))
-        u = zb_new - Rb
-        row = measure(za_new, zb_new, u, A, B, B_prev, stepped=True)
-        row["delta1"] = d1.abs().mean((-1, -2))
-        row["delta2"] = d2.abs().mean((-1, -2))
-        row["delta3"] = d3.abs().mean((-1, -2))
-        row["dzb"] = (zb_new - zb).abs().mean((-1, -2))
-        finite = commit(t, row)  # rows of configurations diverging now are NaN
-        newly = alive & ~finite
-        if newly.any():
-            diverged_step[newly.T.numpy()] = t
-            alive &= finite
-        if not alive.all():
-            # Hold diverged configurations at zero so that no inf/NaN arithmetic goes on.
-            dead = (~alive).reshape(S, C, 1, 1)
-            A.masked_fill_(dead, 0.0)
-            B.masked_fill_(dead, 0.0)
-            reset_entries(state, ~alive)
-            # their features are now exactly zero (A = B = 0)
-            za_new = za_new.masked_fill(dead, 0.0)
-            zb_new = zb_new.masked_fill(dead, 0.0)
-            u = (zb_new - Rb).masked_fill_(dead, 0.0)
-        if on_step is not None:
-            on_step(
-                t,
-                {
-                    k: v.transpose(0, 1)
-                    for k, v in {
-                        "A": A,
-                        "B": B,
-                        "Z_A": za_new,
-                        "Z_B": zb_new,
-                        "delta1": d1,
-                        "delta2": d2,
-                        "delta3": d3,
-                        "dZ_B": zb_new - zb,
-                        "alive": alive.clone(),
-                    }.items()
-                },
-            )
-        za, zb = za_new, zb_new
+        return B_prev, za_new, zb_new
+
+    if whole:
+        # every step at once: Z_A, b and the Gram matrices per step come from the kernel
+        T1 = steps + 1
+        za_all = za_run.view(T1, S, C, 1, 1)
+        b_all = b_run.view(T1, S, C, 1, 1)
+        zb_all = s * torch.matmul(za_all, b_all.transpose(-1, -2))
+        u_all = zb_all - Rb
+        gram_k = gram_run[0]
+        row0 = measure(za_all[0], zb_all[0], u_all[0], None, b_all[0])
+        commit(0, {k: v.unsqueeze(0) for k, v in row0.items()})
+        gram_k = gram_run[1:]
+        rows = measure(za_all[1:], zb_all[1:], u_all[1:], None, b_all[1:], b_all[:-1], True)
+        rows |= deltas(za_all[:-1], za_all[1:], zb_all[:-1], zb_all[1:], b_all[:-1], b_all[1:])[0]
+        commit(1, rows)
+        if on_progress is not None:
+            on_progress(steps)
+    else:
+        za, zb = features(A, B)
+        u = zb - Rb
+        commit(0, {k: v.unsqueeze(0) for k, v in measure(za, zb, u, A, B).items()})
+        for t in range(1, steps + 1):
+            B_prev, za_new, zb_new = advance(t, u, za, B)
+            u = zb_new - Rb
+            row = measure(za_new, zb_new, u, A, B, B_prev, stepped=True)
+            stats, (d1, d2, d3) = deltas(za, za_new, zb, zb_new, B_prev, B)
+            row |= stats
+            commit(t, {k: v.unsqueeze(0) for k, v in row.items()})
+            if not alive.all():
+                # Hold diverged configurations at zero so that no inf/NaN arithmetic goes on.
+                dead = (~alive).reshape(S, C, 1, 1)
+                A.masked_fill_(dead, 0.0)
+                B.masked_fill_(dead, 0.0)
+                reset_entries(state, ~alive)
+                # their features are now exactly zero (A = B = 0)
+                za_new = za_new.masked_fill(dead, 0.0)
+                zb_new = zb_new.masked_fill(dead, 0.0)
+                u = (zb_new - Rb).masked_fill_(dead, 0.0)
+            if on_progress is not None:
+                on_progress(1)
+            if on_step is not None:
+                on_step(
+                    t,
+                    {
+                        k: v.transpose(0, 1)
+                        for k, v in {
+                            "A": A,
+                            "B": B,
+                            "Z_A": za_new,
+                            "Z_B": zb_new,
+                            "delta1": d1,
+                            "delta2": d2,
+                            "delta3": d3,
+                            "dZ_B": zb_new - zb,
+                            "alive": alive.clone(),
+                        }.items()
+                    },
+                )
+            za, zb = za_new, zb_new
     if pooled:
         workspace.give_back(AD, *state.moment_tensors("A"))
     result = dict(out)

@@ -80,10 +80,10 @@ def _decayed(g, p, wd, keep, mode):
 
 
 @njit(inline="always")
-def _elements(xs, ce, Ae, me, ve, de, start, stop, sse, ke, c, mode, tail):
+def _elements(xs, ce, Ae, me, ve, de, start, stop, sse, ke, c, bc2s, mode, tail):
     """Elements ``start ≤ j < stop`` of one row, with torch's vector (``tail`` false) or scalar
     tail arithmetic."""
-    beta2, c1, c2, bc2s, eps, wd, w1 = c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+    beta2, c1, c2, eps, wd, w1 = c[0], c[1], c[2], c[3], c[4], c[5]
     small = abs(c1) < 0.5
     for j in range(start, stop):
         p0 = Ae[j]
@@ -117,11 +117,11 @@ def _dots(Ae, de, xs, start, stop):
     return ax, aa, ad, dd
 
 
-def _outer(x, per_seed, coef, A, m, v, dA, ss, keep, c, lanes, mode, za, gram):
+def _outer(x, per_seed, coef, A, m, v, dA, ss, keep, c, bc2s, lanes, mode, za, gram):
     """Entry ``e`` (``E`` of them, rows ``i < r``) takes the gradient ``coef[e, i]·x[e // P]``.
     Elements before the entry's last ``size mod lanes`` take torch's vector arithmetic, the rest
-    its scalar tail. ``c`` = (β₂, 1 − β₁, 1 − β₂, √(1 − β₂ᵗ), ε, λ, (1 − β₁) − 1), all in the
-    arrays' precision; ``ss[e] = −η/(1 − β₁ᵗ)`` and ``keep[e] = 1 − η·λ`` are the entry's.
+    its scalar tail. ``c`` = (β₂, 1 − β₁, 1 − β₂, ε, λ, (1 − β₁) − 1) and ``bc2s = √(1 − β₂ᵗ)``,
+    in the arrays' precision; ``ss[e] = −η/(1 − β₁ᵗ)`` and ``keep[e] = 1 − η·λ`` are the entry's.
     Writes the new features ``za[e, i] = A[e, i]·x`` and, for ``r = 1``, the Gram matrix of
     ``[A; ΔA]`` as ``gram[e] = (A·A, A·ΔA, ΔA·ΔA)``."""
     E, r, n = A.shape
@@ -132,8 +132,8 @@ def _outer(x, per_seed, coef, A, m, v, dA, ss, keep, c, lanes, mode, za, gram):
         for i in range(r):
             stop = min(n, max(tail - i * n, 0))
             ce, Ae, me, ve, de = coef[e, i], A[e, i], m[e, i], v[e, i], dA[e, i]
-            _elements(xs, ce, Ae, me, ve, de, 0, stop, ss[e], keep[e], c, mode, False)
-            _elements(xs, ce, Ae, me, ve, de, stop, n, ss[e], keep[e], c, mode, True)
+            _elements(xs, ce, Ae, me, ve, de, 0, stop, ss[e], keep[e], c, bc2s, mode, False)
+            _elements(xs, ce, Ae, me, ve, de, stop, n, ss[e], keep[e], c, bc2s, mode, True)
             ax, aa, ad, dd = _dots(Ae, de, xs, 0, n)
             za[e, i] = ax
             if r == 1:
@@ -157,10 +157,68 @@ def _sums(x, per_seed, A, dA, za, gram):
                 gram[e, 2] = dd
 
 
+def _toy(x, per_seed, A0, b0, R, s, ss_a, keep_a, ss_b, keep_b, c, bc2s, lanes, mode, bound, out):
+    """Every step of the rank-1, one-output, single-sample toy, one entry at a time: the entry's
+    ``A``, its moments and its step live in a row-sized scratch (in cache) for the whole run.
+
+    The step is the simulator's, operation for operation: ``u = s·(z·b) − R``, ``∂L/∂b = s·(u·z)``,
+    ``∂L/∂A = s·(u·b)·xᵀ``; ``A`` through :func:`_elements` (torch's vector and tail arithmetic)
+    and :func:`_dots`; ``b``, a one-element tensor, through torch's scalar tail. ``ss_a``,
+    ``ss_b`` ``(E, T)`` are ``−η/(1 − β₁ᵗ)`` per step, ``bc2s`` ``(T,)`` ``√(1 − β₂ᵗ)``. Writes
+    ``za``, ``bt`` ``(T + 1, E)`` and ``gram`` ``(T + 1, E, 3)`` for ``t = 0..T``; an entry whose
+    loss ``½u²`` exceeds ``bound`` (or is not finite) stops, and its later values are NaN.
+    ``out`` = (za, bt, gram, work) with ``work`` ``(threads, 4, n)`` each thread's ``A``, moments
+    and step, reused by all its entries (no allocation per entry)."""
+    za, bt, gram, work = out
+    E = R.shape[0]
+    n = x.shape[1]
+    T = bc2s.shape[0]
+    tail = n - n % lanes
+    beta2, c1, c2, eps, wd, w1 = c[0], c[1], c[2], c[3], c[4], c[5]
+    small = abs(c1) < 0.5
+    for e in prange(E):
+        xs = x[e // per_seed]
+        scratch = work[numba.get_thread_id()]
+        Ae, me, ve, de = scratch[0], scratch[1], scratch[2], scratch[3]
+        Ae[:] = A0[e // per_seed]
+        me[:] = 0.0
+        ve[:] = 0.0
+        de[:] = 0.0
+        z, aa, ad, dd = _dots(Ae, de, xs, 0, n)
+        be = b0[e]
+        mb = 0.0
+        vb = 0.0
+        se, re = s[e], R[e]
+        za[0, e], bt[0, e] = z, be
+        gram[0, e, 0], gram[0, e, 1], gram[0, e, 2] = aa, ad, dd
+        u = se * (z * be) - re
+        alive = 0.5 * (u * u) <= bound
+        for t in range(T):
+            if not alive:
+                za[t + 1, e] = bt[t + 1, e] = np.nan
+                gram[t + 1, e, 0] = gram[t + 1, e, 1] = gram[t + 1, e, 2] = np.nan
+                continue
+            g_b = se * (u * z)
+            g_z = se * (u * be)
+            b2 = bc2s[t]
+            _elements(xs, g_z, Ae, me, ve, de, 0, tail, ss_a[e, t], keep_a[e], c, b2, mode, False)
+            _elements(xs, g_z, Ae, me, ve, de, tail, n, ss_a[e, t], keep_a[e], c, b2, mode, True)
+            z, aa, ad, dd = _dots(Ae, de, xs, 0, n)
+            g, p = _decayed(g_b, be, wd, keep_b[e], mode)
+            mb = _lerp(mb, g, c1, w1, small)
+            vb = _fma(vb, beta2, (c2 * g) * g)  # the scalar tail's contraction
+            be = p + (ss_b[e, t] * mb) / (np.sqrt(vb) / b2 + eps)
+            za[t + 1, e], bt[t + 1, e] = z, be
+            gram[t + 1, e, 0], gram[t + 1, e, 1], gram[t + 1, e, 2] = aa, ad, dd
+            u = se * (z * be) - re
+            alive = 0.5 * (u * u) <= bound
+
+
 # Compiled with parallel=True even where it runs on one thread: the outlined parallel loop tells
 # LLVM that the arrays do not alias, which lets it vectorise the elementwise loop (2–3× faster).
 _outer_kernel = njit(parallel=True, cache=True)(_outer)
 _sums_kernel = njit(parallel=True, cache=True)(_sums)
+_toy_kernel = njit(parallel=True, cache=True)(_toy)
 
 
 def _threads(E: int, numel: int) -> None:
@@ -202,6 +260,14 @@ def row_sums(
     _threads(E, A.numel())
     xs = x.to(A.dtype).contiguous().numpy()
     _sums_kernel(xs, E // S, A.contiguous().numpy(), dA.contiguous().numpy(), za, gram)
+
+
+def _constants(betas: tuple[float, float], eps: float, wd: float, dtype: np.dtype) -> np.ndarray:
+    """``(β₂, 1 − β₁, 1 − β₂, ε, λ, (1 − β₁) − 1)`` in ``dtype``, as torch forms them."""
+    beta1, beta2 = betas
+    c = np.array([beta2, 1.0 - beta1, 1.0 - beta2, eps, wd, 0], dtype=dtype)
+    c[5] = c[1] - dtype.type(1)
+    return c
 
 
 def adam_outer_step(
@@ -246,8 +312,7 @@ def adam_outer_step(
     rates = lr.to(torch.float64).numpy()
     ss = (-(rates / bc1)).astype(np_dtype)
     keep = (1.0 - rates * weight_decay).astype(np_dtype)
-    c = np.array([beta2, 1.0 - beta1, 1.0 - beta2, bc2s, eps, weight_decay, 0], dtype=np_dtype)
-    c[6] = c[1] - np_dtype.type(1)  # (1 − β₁) − 1 in the arrays' precision, as torch forms it
+    c = _constants(betas, eps, weight_decay, np_dtype)
     mode = NO_DECAY if not weight_decay else (DECOUPLED_DECAY if decoupled else L2_DECAY)
     for a in (A, exp_avg, exp_avg_sq, step_out):
         if not a.is_contiguous() or a.shape != A.shape or a.dtype != dtype:
@@ -260,4 +325,69 @@ def adam_outer_step(
     xs, cs, a, m, v, d = arrays
     za, gram = _sum_outputs(E, r, np_dtype, features_out, gram_out)
     lanes = vector_lanes(dtype)
-    _outer_kernel(xs, E // S, cs, a, m, v, d, ss, keep, c, lanes, mode, za, gram)
+    b2s = np_dtype.type(bc2s)
+    _outer_kernel(xs, E // S, cs, a, m, v, d, ss, keep, c, b2s, lanes, mode, za, gram)
+
+
+def toy_trajectories(
+    x: torch.Tensor,
+    A0: torch.Tensor,
+    b0: torch.Tensor,
+    R: torch.Tensor,
+    scale: torch.Tensor,
+    eta_a: torch.Tensor,
+    eta_b: torch.Tensor,
+    *,
+    steps: int,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    bound: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam/AdamW on the rank-1, one-output, single-sample toy, every configuration × seed, every
+    step: the same arithmetic as the simulator's step by step path (:func:`adam_outer_step` for
+    ``A``, torch's fused kernel for ``b``), bit for bit, with each entry's state kept in cache.
+
+    Shapes (``S`` seeds, ``C`` configurations, ``E = S·C`` entries, seed-major): ``x``, ``A0``
+    ``(S, n)``; ``b0``, ``R`` ``(S,)``; ``scale``, ``eta_a``, ``eta_b`` ``(C,)``; float64.
+    Returns ``Z_A = A·x`` and ``b`` ``(steps + 1, S, C)`` and the Gram matrix of ``[A; ΔA]`` as
+    ``(A·A, A·ΔA, ΔA·ΔA)`` ``(steps + 1, S, C, 3)``, NaN after an entry's loss passes ``bound``.
+    """
+    S, n = x.shape
+    C = eta_a.shape[0]
+    E = S * C
+    f64 = torch.float64
+    if x.dtype != f64 or A0.shape != (S, n) or b0.shape != (S,) or R.shape != (S,):
+        raise ValueError("x, A0 (S, n), b0, R (S,) in float64")
+    beta1, beta2 = betas
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    bc1 = 1.0 - np.array([beta1**k for k in t])  # each as torch's kernel forms it
+    bc2s = np.array([(1.0 - beta2**k) ** 0.5 for k in t])
+    rate_a = np.broadcast_to(eta_a.to(f64).numpy(), (S, C)).reshape(E)
+    rate_b = np.broadcast_to(eta_b.to(f64).numpy(), (S, C)).reshape(E)
+    ss_a = -(rate_a[:, None] / bc1[None, :])
+    ss_b = -(rate_b[:, None] / bc1[None, :])
+    keep_a, keep_b = 1.0 - rate_a * weight_decay, 1.0 - rate_b * weight_decay
+    c = _constants(betas, eps, weight_decay, np.dtype(np.float64))
+    mode = NO_DECAY if not weight_decay else (DECOUPLED_DECAY if decoupled else L2_DECAY)
+    s_e = np.broadcast_to(scale.to(f64).numpy(), (S, C)).reshape(E).copy()
+    b_e = np.repeat(b0.numpy(), C)
+    r_e = np.repeat(R.numpy(), C)
+    za = np.empty((steps + 1, E))
+    bt = np.empty((steps + 1, E))
+    gram = np.empty((steps + 1, E, 3))
+    _threads(E, E * n)
+    xs, a0 = x.contiguous().numpy(), A0.to(f64).contiguous().numpy()
+    lanes = vector_lanes(f64)
+    work = np.empty((numba.config.NUMBA_NUM_THREADS, 4, n))  # per thread, reused by its entries
+    out = (za, bt, gram, work)
+    _toy_kernel(
+        xs, C, a0, b_e, r_e, s_e, ss_a, keep_a, ss_b, keep_b, c, bc2s, lanes, mode, bound, out
+    )
+    T1 = steps + 1
+    return (
+        torch.from_numpy(za).view(T1, S, C),
+        torch.from_numpy(bt).view(T1, S, C),
+        torch.from_numpy(gram).view(T1, S, C, 3),
+    )

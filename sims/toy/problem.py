@@ -17,11 +17,14 @@ jump from one width to the next, and slopes against width are measured without t
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from sims.params import check_init, lora_scale
 
@@ -52,6 +55,21 @@ def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+_blas: ThreadpoolController | None = None
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS on one thread inside the block. The products that draw a problem are small;
+    on more threads they leave the BLAS workers spinning for a while afterwards (OpenBLAS waits
+    ~0.1 s before they sleep), taking cores from the simulation that follows."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    with _blas.limit(limits=1, user_api="blas"):
+        yield
 
 
 def _check_seed(seed: object) -> int:

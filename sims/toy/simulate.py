@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sims.params import Parametrization
 from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, run_batch
 from sims.toy.optim import OptimizerConfig
-from sims.toy.problem import ToyProblem
+from sims.toy.problem import ToyProblem, one_blas_thread
 
 PROBLEMS: dict[str, Callable[..., ToyProblem]] = {
     "paper": ToyProblem.paper,
@@ -234,10 +234,11 @@ def simulate_batch(
         for width in widths:
             for group in groups:
                 init = group[0].init
-                problems = [factory(width, seed, init=init, **opts) for seed in seeds]
+                with one_blas_thread():
+                    problems = [factory(width, seed, init=init, **opts) for seed in seeds]
+                    X, R, A0, B0 = _stack(problems, dt)
+                    test = _stack_test(problems, dt)
                 rank = problems[0].rank
-                X, R, A0, B0 = _stack(problems, dt)
-                test = _stack_test(problems, dt)
                 parts = []
                 for i in range(0, len(group), size):
                     part = group[i : i + size]
@@ -254,8 +255,7 @@ def simulate_batch(
                             steps,
                             opt,
                             divergence_bound=divergence_bound,
-                            on_step=(lambda _t, _state: bar.update(1)) if progress else None,
-                            keep_buffers=True,  # the progress hook keeps no tensor
+                            on_progress=bar.update if progress else None,
                             **test,
                         )
                     )
