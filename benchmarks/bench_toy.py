@@ -2,8 +2,10 @@
 
 Both run the same grid (widths × rate configurations × seeds × steps, Adam, Init[A]) and record
 the same feature-update statistics. The loop is the script a researcher would write first:
-autograd, one ``torch.optim.Adam`` per factor, one configuration at a time. Also times the exact
-reduced dynamics (``theory.reduced``). Prints configuration·steps per second and the ratios.
+autograd, one ``torch.optim.Adam`` per factor, one configuration at a time. The batched side is
+``simulate_batch``, which for this problem (one sample, rank 1, one output) runs each
+configuration's whole run in the compiled kernel. Also times the exact reduced dynamics
+(``theory.reduced``). Prints configuration·steps per second and the ratios.
 
     python benchmarks/bench_toy.py [--quick]
 """
@@ -100,7 +102,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats per width")
     args = ap.parse_args()
     torch.manual_seed(0)
-    widths = args.widths or ([2**12, 2**13] if not args.quick else [2**12])
+    widths = args.widths or ([2**12, 2**13, 2**14] if not args.quick else [2**12])
     params = grid(6 if not args.quick else 4)
     seeds = [0, 1, 2, 3]
     steps = 20
