@@ -11,6 +11,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def torch_optim_reference(cls, lr: float, grads, p0, **kw):
+    """``p0`` after one ``torch.optim`` optimizer step per gradient of ``grads``: the
+    independent reference for the simulator's update rules."""
+    import torch
+
+    param = torch.nn.Parameter(p0.clone())
+    opt = cls([param], lr=lr, **kw)
+    for g in grads:
+        param.grad = g.clone()
+        opt.step()
+    return param.detach()
+
+
 def notebook_text(nb) -> str:
     """All text a notebook's code cells produced (streams and plain-text results)."""
     parts = []

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import torch_optim_reference
 
 from sims.params import preset
 from sims.toy import ToyProblem, simulate, simulate_batch, workspace
@@ -41,12 +42,7 @@ def _run_kernel(x, A0, coefs, lr, name, wd, betas):
 
 def _torch_reference(name, lr, grads, p0, wd, betas, **kw):
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    param = torch.nn.Parameter(p0.clone())
-    opt = cls([param], lr=lr, betas=betas, eps=1e-6, weight_decay=wd, **kw)
-    for g in grads:
-        param.grad = g.clone()
-        opt.step()
-    return param.detach()
+    return torch_optim_reference(cls, lr, grads, p0, betas=betas, eps=1e-6, weight_decay=wd, **kw)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import torch_optim_reference
 
 from sims.params import Parametrization, preset
 from sims.toy import STATS, ToyProblem, simulate, simulate_batch
@@ -59,15 +60,6 @@ def test_delta_decomposition_identity(optimizer: str, init: str, kind: str) -> N
     assert max(worst) < 1e-12
 
 
-def _torch_adam_reference(cls, lr: float, grads, p0, **kw) -> torch.Tensor:
-    param = torch.nn.Parameter(p0.clone())
-    opt = cls([param], lr=lr, **kw)
-    for g in grads:
-        param.grad = g.clone()
-        opt.step()
-    return param.detach()
-
-
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("shape", [(2, 3, 17), (2, 1, 96)])  # entries of 102 and 192 elements
@@ -93,9 +85,9 @@ def test_adam_steps_equal_torch_optim_bit_for_bit(name: str, weight_decay: float
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     for i, lr_i in enumerate(lrs):
         kw = dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay)
-        fused = _torch_adam_reference(cls, lr_i, grads, p0, fused=True, **kw)
+        fused = torch_optim_reference(cls, lr_i, grads, p0, fused=True, **kw)
         assert torch.equal(P[i], fused), f"lr={lr_i}: max diff {(P[i] - fused).abs().max()}"
-        single = _torch_adam_reference(cls, lr_i, grads, p0, foreach=False, **kw)
+        single = torch_optim_reference(cls, lr_i, grads, p0, foreach=False, **kw)
         torch.testing.assert_close(P[i], single, rtol=1e-14, atol=1e-14)
 
 
@@ -147,7 +139,7 @@ def test_gd_matches_torch_sgd() -> None:
             g.unsqueeze(0),
             torch.tensor([0.3], dtype=torch.float64).reshape(1, 1, 1),
         )
-    ref = _torch_adam_reference(torch.optim.SGD, 0.3, grads, p0)
+    ref = torch_optim_reference(torch.optim.SGD, 0.3, grads, p0)
     torch.testing.assert_close(P[0], ref, rtol=1e-15, atol=1e-15)
 
 
