@@ -14,10 +14,22 @@ After each step ``t`` it records the feature-update decomposition on the trainin
 ``δ³ = s·ΔB ΔZ_A``, as mean absolute values over samples and outputs, and the weight change
 ``ΔW_t = s(B_t A_t − B_0 A_0)`` (Frobenius and spectral norms, and the per-step change).
 
-Same inputs, same bits. The width-sized products are one GEMM per seed over all configurations,
-and a BLAS may sum in a different order for a different batch shape, so a configuration run in a
-batch of another composition agrees with it to round-off (~1e-14), not always bit for bit; the
-sweep engine's jobs have fixed compositions, so their results are bit-identical.
+Three paths, one arithmetic for the statistics:
+
+- several samples: the width-sized products are one GEMM per seed over all configurations and
+  the optimizers torch's (fused Adam/AdamW) kernels, one step at a time;
+- one sample: ``∂L/∂A`` is an outer product; Adam/AdamW run the compiled kernel of
+  :mod:`sims.toy.kernels`, which also sums ``Z_A`` and the Gram matrix of ``[A; ΔA]``;
+- the paper's toy (one sample, rank 1, one output) with Adam/AdamW: the kernel runs every step of
+  each configuration with its state in cache and records ``Z_A``, ``b`` and the Gram matrices;
+  the statistics of all steps are then computed at once, bit-identical to the step-by-step path
+  (which ``on_step`` hooks, a test set or a mixed initialisation force).
+
+Same inputs, same bits. With one sample each configuration's sums run in a fixed order, so its
+result does not depend on the batch around it or on the thread count. With several, a BLAS may
+sum in a different order for a different batch shape, so a configuration run in a batch of
+another composition agrees with it to round-off (~1e-14), not always bit for bit; the sweep
+engine's jobs have fixed compositions, so their results are bit-identical.
 """
 
 from __future__ import annotations
@@ -125,12 +137,13 @@ def run_batch(
             ``(S, N_test, m)``; their loss is ``test_loss`` (NaN without them).
         on_step: called after each step with the step number and the signed tensors of that
             step (``A``, ``B``, ``Z_A``, ``Z_B``, ``delta1..3``, ``dZ_B``, and ``alive``, the
-            ``(C, S)`` mask of configurations that have not diverged): progress bars and
-            tests of the decomposition hook in here.
+            ``(C, S)`` mask of configurations that have not diverged): tests of the
+            decomposition hook in here. A hook forces the step-by-step path.
         keep_buffers: take the width-sized state from :mod:`sims.toy.workspace` and leave it
             there for the next run of the same shape (default: when there is no ``on_step``,
             which might hold on to the tensors it is given).
-        on_progress: called with 1 after each step (progress bars).
+        on_progress: called with the number of steps just done (1 after each step, or all of
+            them at once where the kernel runs whole runs): progress bars.
 
     Returns:
         ``{stat: array (steps + 1, C, S)}`` for every name in :data:`STATS`, plus
