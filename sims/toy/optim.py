@@ -13,6 +13,9 @@ tensor broadcast against the parameter (one rate per configuration of the batch)
   element's arithmetic unchanged (see :func:`_calls`), so a configuration of the batch is
   bit-identical to ``torch.optim.Adam(..., fused=True)`` on the same tensors (and agrees with the
   default single-tensor path to within a few roundings).
+- :func:`apply_outer_update` is the same rule for a gradient that is an outer product
+  ``g·xᵀ`` (one training sample): Adam and AdamW go to the compiled kernel of
+  :mod:`sims.toy.kernels`, which repeats that arithmetic without storing the gradient.
 """
 
 from __future__ import annotations
