@@ -187,3 +187,14 @@ def test_workspace_keeps_at_most_its_limit(monkeypatch) -> None:
     assert workspace.take((1000,), torch.float64).shape == (1000,)
     workspace.clear()
     assert workspace.kept_bytes() == 0
+
+
+def test_float32_runs_agree_with_float64() -> None:
+    """The kernel in float32 (step by step: the whole-run path is float64 only) tracks the
+    float64 run to single-precision round-off."""
+    params = [preset("lora", eta=0.01), preset("loraplus", eta=0.01)]
+    kw = dict(steps=6, progress=False)
+    f32 = simulate_batch([512], params, [0, 1], dtype="float32", **kw)
+    f64 = simulate_batch([512], params, [0, 1], dtype="float64", **kw)
+    for k in ("loss", "za_rms", "norm_a", "norm_b"):
+        np.testing.assert_allclose(f32[k], f64[k], rtol=1e-4, err_msg=k)
