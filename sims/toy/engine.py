@@ -215,7 +215,7 @@ def run_batch(
         B = torch.empty(S, C, m, r, dtype=dtype).copy_(B0e.expand(S, C, m, r))
         D0 = torch.empty_like(A) if mixed else None
         grad_a = torch.empty_like(A) if N > 1 else None
-    grad_b = torch.empty_like(B)
+        grad_b = torch.empty_like(B)
     state = OptimizerState()
     if pooled and opt.name in KERNEL_OPTIMIZERS:  # A's moments, zero
         state.set_moments("A", *(workspace.take(A.shape, dtype).zero_() for _ in "mv"))

@@ -187,21 +187,23 @@ def apply_outer_update(
     step_out: torch.Tensor,
     features_out: torch.Tensor | None = None,
     gram_out: torch.Tensor | None = None,
-) -> bool:
+) -> None:
     """:func:`apply_update` for a gradient that is an outer product, as ``∂L/∂A`` is for a single
     training sample: ``grad[s, c, i] = coef[s, c, i]·x[s]``.
 
     Shapes: ``param`` and ``step_out`` ``(S, C, r, n)`` contiguous, ``coef`` ``(S, C, r)``,
     ``x`` ``(S, n)``, ``lr`` broadcastable to ``(S, C, 1, 1)``. Adam and AdamW run the compiled
     kernel of :mod:`sims.toy.kernels` (the gradient is never stored; the arithmetic of torch's
-    fused kernel); GD and sign-GD form the gradient and call :func:`apply_update`. Returns the step
-    taken, in ``step_out``.
+    fused kernel); GD and sign-GD form the gradient and call :func:`apply_update`. The step taken
+    goes to ``step_out``. For the optimizers of :data:`KERNEL_OPTIMIZERS` the kernel also writes
+    the new features ``A·x`` to ``features_out`` ``(S, C, r)`` and, for ``r = 1``, the Gram matrix
+    of ``[A; ΔA]`` to ``gram_out`` ``(S, C, 3)`` (see :func:`sims.toy.kernels.adam_outer_step`).
     """
     S, C, r, n = param.shape
     if cfg.name not in KERNEL_OPTIMIZERS:
         grad = torch.mul(coef.unsqueeze(-1), x.reshape(S, 1, 1, n))
         apply_update(cfg, state, key, param, grad, lr, step_out=step_out)
-        return False
+        return
     mom = state.moments.get(key)
     if mom is None:
         mom = _Moments(torch.zeros_like(param), torch.zeros_like(param))
@@ -215,7 +217,7 @@ def apply_outer_update(
         mom.exp_avg.view(E, r, n),
         mom.exp_avg_sq.view(E, r, n),
         step_out.view(E, r, n),
-        rates.reshape(E),
+        rates,
         step=state.step,
         betas=cfg.betas,
         eps=cfg.eps,
@@ -224,7 +226,6 @@ def apply_outer_update(
         features_out=None if features_out is None else features_out.view(E, r),
         gram_out=None if gram_out is None else gram_out.view(E, 3),
     )
-    return True
 
 
 def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> list:
