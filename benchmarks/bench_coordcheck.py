@@ -1,10 +1,11 @@
 """Overhead of the LoRA coordinate check's hooks, measured side by side.
 
 The same training steps (forward, backward, Adam step on the adapters) run on two identical
-copies of a ladder model: one plain, one with :class:`sims.realmodels.coordcheck.LoraCoordProbe`
-recording every step (statistics of every LoRA layer, converted to rows at the end). Blocks of
-steps alternate between the two so that load on the machine hits both alike; the ratio of median
-block times is the overhead (target ≤ 1.15).
+copies of a ladder model: one plain, one with
+:class:`loraplus_lab.sims.realmodels.coordcheck.LoraCoordProbe` recording every step (statistics of
+every LoRA layer, converted to rows at the end). Blocks of steps alternate between the two so that
+load on the machine hits both alike; the ratio of median block times is the overhead (target ≤
+1.15).
 
     python benchmarks/bench_coordcheck.py [--quick] [--threads 1] [--device cpu]
 """
@@ -19,8 +20,8 @@ import warnings
 
 import torch
 
-from sims.realmodels.coordcheck import LoraCoordProbe, make_optimizer, resolve_params
-from sims.realmodels.ladders import lm_batch, lora_model, make_model
+from loraplus_lab.sims.realmodels.coordcheck import LoraCoordProbe, make_optimizer, resolve_params
+from loraplus_lab.sims.realmodels.ladders import lm_batch, lora_model, make_model
 
 
 def _sync(device: torch.device) -> None:

@@ -22,7 +22,11 @@ from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer as peft_create_loraplus_optimizer
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from sims.realmodels.optimizer import create_loraplus_optimizer, format_audit, optimizer_audit
+from loraplus_lab.sims.realmodels.optimizer import (
+    create_loraplus_optimizer,
+    format_audit,
+    optimizer_audit,
+)
 
 LR, RATIO, WD = 1e-3, 16.0, 0.01
 

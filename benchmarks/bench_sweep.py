@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sims.sweep import Store, expand, parse_spec, run, run_job
-from sims.sweep import jobs as jobs_module
+from loraplus_lab.sims.sweep import Store, expand, parse_spec, run, run_job
+from loraplus_lab.sims.sweep import jobs as jobs_module
 
 SPEC = """
 name = "bench"

@@ -5,7 +5,7 @@ the same feature-update statistics. The loop is the script a researcher would wr
 autograd, one ``torch.optim.Adam`` per factor, one configuration at a time. The batched side is
 ``simulate_batch``, which for this problem (one sample, rank 1, one output) runs each
 configuration's whole run in the compiled kernel. Also times the exact reduced dynamics
-(``theory.reduced``). Prints configuration·steps per second and the ratios.
+(``loraplus_lab.theory.reduced``). Prints configuration·steps per second and the ratios.
 
     python benchmarks/bench_toy.py [--quick]
 """
@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from sims.params import Parametrization
-from sims.toy import ToyProblem, simulate_batch
-from theory import reduced
+from loraplus_lab.sims.params import Parametrization
+from loraplus_lab.sims.toy import ToyProblem, simulate_batch
+from loraplus_lab.theory import reduced
 
 
 def loop_baseline(widths, params, seeds, steps) -> list[dict]:

@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from sims.realmodels.coordcheck import (  # noqa: E402
+from loraplus_lab.sims.realmodels.coordcheck import (  # noqa: E402
     LoraCoordProbe,
     coordcheck_slopes,
     headline,
@@ -46,8 +46,8 @@ from sims.realmodels.coordcheck import (  # noqa: E402
     resolve_params,
     run_coordcheck,
 )
-from sims.realmodels.ladders import lm_batch, lora_model, make_model  # noqa: E402
-from sims.realmodels.plots import plot_lora_coordcheck, plot_lora_slopes  # noqa: E402
+from loraplus_lab.sims.realmodels.ladders import lm_batch, lora_model, make_model  # noqa: E402
+from loraplus_lab.sims.realmodels.plots import plot_lora_coordcheck, plot_lora_slopes  # noqa: E402
 
 FULL = {
     "widths": [256, 512, 1024, 2048, 4096],

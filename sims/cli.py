@@ -21,8 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
-import sims
-from sims.params import INITS, PRESETS, Parametrization, parse_exponent, preset
+from loraplus_lab import sims
+from loraplus_lab.sims.params import INITS, PRESETS, Parametrization, parse_exponent, preset
 
 PROG = "loraplus-lab"
 OPTIMIZER_CHOICES = ("gd", "signgd", "adam", "adamw")
@@ -201,7 +201,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _versions() -> dict[str, str]:
-    from sims.sweep.jobs import versions
+    from loraplus_lab.sims.sweep.jobs import versions
 
     return {"python": sys.version.split()[0], **versions()}
 
@@ -280,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_sweep_spec(args: argparse.Namespace) -> int:
     """Run (or resume) a sweep described by a spec file on the chosen executor."""
-    from sims.sweep import Store, expand, load_spec, run
+    from loraplus_lab.sims.sweep import Store, expand, load_spec, run
 
     workers = None if args.workers is None else _positive_int("--workers", args.workers)
     if args.spec is not None:
@@ -309,7 +309,10 @@ def cmd_sweep_spec(args: argparse.Namespace) -> int:
         print(json.dumps({**summary.record(), "path": str(summary.path)}, indent=2))
     else:
         print(f"sweep {spec.name!r}: {summary.text()}")
-        print(f"read it with: loraplus-lab show {out}   or   sims.sweep.load({str(out)!r})")
+        print(
+            f"read it with: loraplus-lab show {out}   or   "
+            f"loraplus_lab.sims.sweep.load({str(out)!r})"
+        )
     return 0
 
 
@@ -332,8 +335,8 @@ def cmd_sweep_quick(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args, widths, seeds, steps, params, eps, wd, out: Path) -> int:
-    from sims import measure
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims import measure
+    from loraplus_lab.sims.toy import simulate_batch
 
     t0 = time.perf_counter()
     df = simulate_batch(
@@ -364,7 +367,7 @@ def _run_sweep(args, widths, seeds, steps, params, eps, wd, out: Path) -> int:
     _atomic_write(files["slopes"], lambda p: table.to_csv(p, index=False))
     _atomic_write(files["config"], lambda p: Path(p).write_text(json.dumps(config, indent=2)))
     if not args.no_plot:
-        from sims.plots import plot_delta_coordcheck
+        from loraplus_lab.sims.plots import plot_delta_coordcheck
 
         fig = plot_delta_coordcheck(
             df,
@@ -434,7 +437,7 @@ def format_table(table, regimes: dict[str, str]) -> str:
 # ----------------------------------------------------------------------------- theory
 def cmd_theory(args: argparse.Namespace) -> int:
     """Print predicted exponents and the regime, or draw phase diagrams."""
-    from theory import gamma
+    from loraplus_lab.theory import gamma
 
     steps = _positive_int("--steps", args.steps)
     c_a = _exponent("--c-a", args.c_a)
@@ -443,7 +446,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
     if args.phase:
         outdir = check_output_dir(Path(args.out))
         out = outdir.path
-        from sims.plots import plot_phase_diagrams
+        from loraplus_lab.sims.plots import plot_phase_diagrams
 
         grid = [Fraction(k, 8) for k in range(-24, 9)]
         diagrams, titles = [], []
@@ -538,7 +541,7 @@ def parse_rates(name: str, text: str) -> list[float]:
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune a real model with LoRA or LoRA+ (the paper's GLUE setting by default)."""
     _quiet_transformers()
-    from sims.realmodels.finetune import finetune
+    from loraplus_lab.sims.realmodels.finetune import finetune
 
     lr = _positive_float("--lr", args.lr)
     ratio = 1.0 if args.lora else _positive_float("--ratio", args.ratio)
@@ -600,8 +603,8 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
     _quiet_transformers()
     import torch
 
-    from sims.realmodels.coordcheck import coordcheck_slopes, headline, run_coordcheck
-    from sims.realmodels.plots import plot_lora_coordcheck
+    from loraplus_lab.sims.realmodels.coordcheck import coordcheck_slopes, headline, run_coordcheck
+    from loraplus_lab.sims.realmodels.plots import plot_lora_coordcheck
 
     widths = parse_widths(args.widths)
     if len(widths) < 2:
@@ -671,7 +674,7 @@ def cmd_coordcheck(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- figures
 def cmd_figures(args: argparse.Namespace) -> int:
     """Regenerate every figure (or one) into the figures folder."""
-    from sims import figures
+    from loraplus_lab.sims import figures
 
     if args.list:
         for f in figures.FIGURES.values():
@@ -697,8 +700,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- landscape
 def cmd_landscape(args: argparse.Namespace) -> int:
     """Optima, near-optimal sets and scaling fits of a stored learning-rate grid sweep."""
-    from sims import landscape
-    from sims.sweep import Store
+    from loraplus_lab.sims import landscape
+    from loraplus_lab.sims.sweep import Store
 
     df = Store.open(Path(args.dir)).load()
     if df.empty:
@@ -729,7 +732,7 @@ def cmd_landscape(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- show
 def cmd_show(args: argparse.Namespace) -> int:
     """What a stored sweep holds, how complete it is, and a summary table per width."""
-    from sims.sweep import Store
+    from loraplus_lab.sims.sweep import Store
 
     store = Store.open(Path(args.dir))
     meta = store.meta()
@@ -1035,7 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _entry() -> Any:  # pragma: no cover - python -m sims.cli
+def _entry() -> Any:  # pragma: no cover - python -m loraplus_lab.sims.cli
     raise SystemExit(main())
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sims import landscape
-from sims.params import Parametrization, preset
+from loraplus_lab.sims import landscape
+from loraplus_lab.sims.params import Parametrization, preset
 
 # ----------------------------------------------------------------------------- experiments
 #: The linear teacher–student task of the landscapes (general toy with a latent input space).
@@ -54,7 +54,7 @@ def _grid_params(lo: int, hi: int, step: float = 1.0, **kwargs) -> list[Parametr
 
 def collect_toy_sweep(fast: bool) -> pd.DataFrame:
     """The default comparison: LoRA (η ∝ 1/n) vs LoRA+ on the paper's toy, Adam."""
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.toy import simulate_batch
 
     widths = [2**k for k in range(6, 11 if fast else 15)]
     params = [preset("lora"), preset("loraplus")]
@@ -63,7 +63,7 @@ def collect_toy_sweep(fast: bool) -> pd.DataFrame:
 
 def collect_phase(fast: bool) -> pd.DataFrame:
     """Regime labels of the exponent calculus over a (c_A, c_B) grid, per init × optimizer."""
-    from theory import gamma
+    from loraplus_lab.theory import gamma
 
     grid = [Fraction(k, 4 if fast else 8) for k in range(-12 if fast else -24, 5 if fast else 9)]
     rows = []
@@ -86,7 +86,7 @@ def collect_phase(fast: bool) -> pd.DataFrame:
 
 def collect_linear_landscape(fast: bool) -> pd.DataFrame:
     """Test loss after T steps over a 16 × 16 log2 grid of (η_A, η_B), linear task, Adam."""
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.toy import simulate_batch
 
     params = _grid_params(-14, -2, 2.0) if fast else _grid_params(-16, -1)
     # equal rates on a line four times finer than the grid: the best equal-rate loss is then
@@ -111,7 +111,7 @@ def collect_linear_landscape(fast: bool) -> pd.DataFrame:
 def collect_linear_landscape_gd(fast: bool) -> pd.DataFrame:
     """Test loss after T steps over a half-octave 33 × 33 log2 grid of (η_A, η_B), linear task
     with m = 8 outputs, gradient descent, widths 2^7 to 2^13, 16 seeds."""
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.toy import simulate_batch
 
     lo, hi = -14, 2
     params = _grid_params(lo, hi, 2.0 if fast else 0.5)
@@ -134,7 +134,7 @@ def collect_linear_landscape_gd(fast: bool) -> pd.DataFrame:
 def collect_init_stability(fast: bool) -> pd.DataFrame:
     """Equal rates η_A = η_B = η, fixed across widths, Init[A] and Init[B], paper toy, Adam:
     the largest |Z_B| over the first steps, for a fine grid of η."""
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.toy import simulate_batch
 
     etas = 2.0 ** np.arange(-14 if fast else -16, 0.01, 1.0 if fast else 0.5)
     params = [
@@ -151,8 +151,8 @@ def collect_init_stability(fast: bool) -> pd.DataFrame:
 def collect_reduced_vs_full(fast: bool) -> pd.DataFrame:
     """LoRA+ on the paper's toy: the n-dimensional simulator, the exact reduced dynamics and its
     n → ∞ limit, loss per step."""
-    from sims.toy import ToyProblem, simulate
-    from theory import reduced
+    from loraplus_lab.sims.toy import ToyProblem, simulate
+    from loraplus_lab.theory import reduced
 
     n0, eta, steps = 64, 0.01, 30
     rows = []
@@ -201,7 +201,7 @@ def collect_reduced_vs_full(fast: bool) -> pd.DataFrame:
 
 def collect_rank(fast: bool) -> pd.DataFrame:
     """The linear landscape at one width for ranks 1..16 under s = α/r and s = α/√r."""
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.toy import simulate_batch
 
     ranks = [1, 4] if fast else [1, 2, 4, 8, 16]
     width = 256 if fast else 512
@@ -230,8 +230,8 @@ TWOLAYER = {"samples": 64, "test_samples": 128, "pretrain_steps": 100, "pretrain
 def collect_twolayer(fast: bool) -> pd.DataFrame:
     """Test loss over a log2 grid of (η_A, η_B) for the two-layer ReLU network (pretrained on one
     teacher, LoRA-finetuned on a shifted one), Adam, Init[A]."""
-    from sims.sweep.jobs import one_thread
-    from sims.toy.twolayer import simulate_twolayer
+    from loraplus_lab.sims.sweep.jobs import one_thread
+    from loraplus_lab.sims.toy.twolayer import simulate_twolayer
 
     etas_a = 2.0 ** np.arange(-14 if fast else -15, 0.01, 2.0 if fast else 1.0)
     etas_b = 2.0 ** np.arange(-12, 3.01, 2.0 if fast else 1.0)
@@ -258,7 +258,7 @@ def _linear(df: pd.DataFrame) -> tuple[list, pd.DataFrame, pd.DataFrame]:
 
 
 def plot_toy_coordcheck(df: pd.DataFrame) -> Figure:
-    from sims.plots import plot_delta_coordcheck
+    from loraplus_lab.sims.plots import plot_delta_coordcheck
 
     seeds = df["seed"].nunique()
     return plot_delta_coordcheck(
@@ -269,7 +269,7 @@ def plot_toy_coordcheck(df: pd.DataFrame) -> Figure:
 
 
 def plot_phase(df: pd.DataFrame) -> Figure:
-    from sims.plots import plot_phase_diagrams
+    from loraplus_lab.sims.plots import plot_phase_diagrams
 
     diagrams, titles = [], []
     for (init, opt), g in df.groupby(["init", "optimizer"], sort=False):
@@ -298,7 +298,7 @@ GD_SETUP = "N = 32, r = 2, m = 8, latent dim 8, GD"
 
 
 def plot_linear_landscapes(df: pd.DataFrame, setup: str = ADAM_SETUP) -> Figure:
-    from sims.plots import plot_landscapes
+    from loraplus_lab.sims.plots import plot_landscapes
 
     surfs, optima, _ = _linear(df)
     seeds = df["seed"].nunique()
@@ -312,7 +312,7 @@ def plot_linear_landscapes(df: pd.DataFrame, setup: str = ADAM_SETUP) -> Figure:
 
 
 def plot_linear_optima(df: pd.DataFrame, setup: str = ADAM_SETUP) -> Figure:
-    from sims.plots import plot_optimal_rates
+    from loraplus_lab.sims.plots import plot_optimal_rates
 
     _, optima, fits = _linear(df)
     return plot_optimal_rates(
@@ -323,7 +323,7 @@ def plot_linear_optima(df: pd.DataFrame, setup: str = ADAM_SETUP) -> Figure:
 
 
 def plot_linear_gap(df: pd.DataFrame, setup: str = ADAM_SETUP) -> Figure:
-    from sims.plots import plot_loss_gap
+    from loraplus_lab.sims.plots import plot_loss_gap
 
     _, optima, fits = _linear(df)
     return plot_loss_gap(
@@ -363,7 +363,7 @@ def report_linear(df: pd.DataFrame, setup: str = ADAM_SETUP) -> str:
 def plot_init_stability(df: pd.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
-    from sims.plots import PALETTE
+    from loraplus_lab.sims.plots import PALETTE
 
     table = init_stability_table(df)
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
@@ -419,7 +419,7 @@ def init_stability_table(df: pd.DataFrame) -> pd.DataFrame:
 def plot_reduced_vs_full(df: pd.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
-    from sims.plots import PALETTE
+    from loraplus_lab.sims.plots import PALETTE
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     d0 = df[df["seed"] == 0]
@@ -455,7 +455,7 @@ def plot_reduced_vs_full(df: pd.DataFrame) -> Figure:
 def plot_rank(df: pd.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
-    from sims.plots import MARKERS, PALETTE
+    from loraplus_lab.sims.plots import MARKERS, PALETTE
 
     fig, ax = plt.subplots(figsize=(5.4, 3.8))
     for k, (rule, g) in enumerate(df.groupby("alpha_rule")):
@@ -513,7 +513,7 @@ def twolayer_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_twolayer_landscapes(df: pd.DataFrame) -> Figure:
-    from sims.plots import plot_landscapes
+    from loraplus_lab.sims.plots import plot_landscapes
 
     surfs = landscape.surfaces(df, loss="test_loss")
     return plot_landscapes(
@@ -528,7 +528,7 @@ def plot_twolayer_landscapes(df: pd.DataFrame) -> Figure:
 def plot_twolayer_scaling(df: pd.DataFrame) -> Figure:
     import matplotlib.pyplot as plt
 
-    from sims.plots import MARKERS, PALETTE
+    from loraplus_lab.sims.plots import MARKERS, PALETTE
 
     t = twolayer_table(df)
     x = np.log2(t["width"].to_numpy(float))

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sims.params import Parametrization
+from loraplus_lab.sims.params import Parametrization
 
-#: Simulator column → quantity of the exponent calculus (``theory.gamma``).
+#: Simulator column → quantity of the exponent calculus (``loraplus_lab.theory.gamma``).
 THEORY_QUANTITY = {
     "delta1": "delta1",
     "delta2": "delta2",
@@ -220,7 +220,7 @@ def predicted_exponents(
     ``predicted`` is a float (``-inf`` marks an exactly-zero quantity); ``predicted_label`` is
     the exact rational as text (``"-1/2"``) or ``"zero"``; ``regime`` the classification.
     """
-    from theory import gamma
+    from loraplus_lab.theory import gamma
 
     opt = "adam" if optimizer == "adamw" else optimizer
     rows = []

@@ -15,7 +15,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from theory.gamma import REGIME_LABELS, PhaseDiagram
+from loraplus_lab.theory.gamma import REGIME_LABELS, PhaseDiagram
 
 DELTA_NAMES = {"delta1": "δ¹ (A moves)", "delta2": "δ² (B moves)", "delta3": "δ³ (cross)"}
 PALETTE = sns.color_palette("colorblind")
@@ -32,9 +32,9 @@ def plot_delta_coordcheck(
 ) -> Figure:
     """δ magnitudes against width, one panel per step, as a coordinate check looks.
 
-    ``df`` is the tidy output of :func:`sims.toy.simulate_batch`. Each line is the mean over
-    seeds of one ``|δ^k|`` (colour) under one parametrization (line style); the band is ± one
-    standard error over seeds. Diverged rows are left out; a quantity that is exactly zero at a
+    ``df`` is the tidy output of :func:`loraplus_lab.sims.toy.simulate_batch`. Each line is the
+    mean over seeds of one ``|δ^k|`` (colour) under one parametrization (line style); the band is ±
+    one standard error over seeds. Diverged rows are left out; a quantity that is exactly zero at a
     step is named in the panel instead of drawn (a log axis has no zero).
     """
     d = df[(df["step"] >= 1) & ~df["diverged"]]
@@ -174,7 +174,7 @@ def plot_landscapes(
     two decades above the best; white where a seed diverged), with the
     near-optimal set (within 1% of the best) outlined, the equal-rate diagonal dashed, the fitted
     optimum (star) and the best equal-rate point (circle)."""
-    from sims.landscape import near_optimal
+    from loraplus_lab.sims.landscape import near_optimal
 
     n = len(surfaces)
     fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.5), squeeze=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sims.cli import main, parse_seeds, parse_widths
+from loraplus_lab.sims.cli import main, parse_seeds, parse_widths
 
 SMALL = ["--widths", "64,256,1024", "--seeds", "3", "--steps", "2", "--no-plot"]
 
@@ -135,7 +135,7 @@ def test_console_script_exit_status_and_no_traceback(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "sims.cli",
+            "loraplus_lab.sims.cli",
             "sweep",
             "--steps",
             "zero",

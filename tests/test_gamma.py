@@ -1,4 +1,4 @@
-"""Tests of theory.gamma: the exponent calculus of the rank-1 single-sample LoRA toy.
+"""Tests of loraplus_lab.theory.gamma: the exponent calculus of the rank-1 single-sample LoRA toy.
 
 Expected exponents below are derived by hand from the update rules (DESIGN.md §1), written out
 in the comments, and the companion-paper thresholds are checked both exactly (max-plus
@@ -14,8 +14,8 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 
-from theory import gamma
-from theory.gamma import (
+from loraplus_lab.theory import gamma
+from loraplus_lab.theory.gamma import (
     OPTIMIZERS,
     QUANTITIES,
     REGIME_LABELS,

@@ -1,5 +1,6 @@
-"""The compiled single-sample Adam/AdamW kernel (sims.toy.kernels) against torch.optim, its sums
-against the products they replace, and the workspace that keeps buffers between runs."""
+"""The compiled single-sample Adam/AdamW kernel (loraplus_lab.sims.toy.kernels) against
+torch.optim, its sums against the products they replace, and the workspace that keeps buffers
+between runs."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 from conftest import torch_optim_reference
 
-from sims.params import preset
-from sims.toy import ToyProblem, simulate, simulate_batch, workspace
-from sims.toy.kernels import adam_outer_step, row_sums, vector_lanes
+from loraplus_lab.sims.params import preset
+from loraplus_lab.sims.toy import ToyProblem, simulate, simulate_batch, workspace
+from loraplus_lab.sims.toy.kernels import adam_outer_step, row_sums, vector_lanes
 
 
 def _problem(S, C, r, n, dtype, seed=0):

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sims import landscape
-from sims.cli import main
+from loraplus_lab.sims import landscape
+from loraplus_lab.sims.cli import main
 
 U = np.arange(-16.0, 0.0)
 V = np.arange(-16.0, 0.0)
@@ -192,9 +192,9 @@ def test_under_gd_equal_rates_fall_behind_loraplus_as_width_grows() -> None:
     """The mechanism behind linear_gd_loss_gap: on the linear task under GD, the best equal rate
     (a fine line of η) loses more and more to the best LoRA+ pair (η_A = η̃_A·n0/n, η_B = η̃_B)
     as the width grows, while LoRA+ keeps learning."""
-    from sims.figures import LINEAR_GD_TASK, LINEAR_STEPS
-    from sims.params import Parametrization
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.figures import LINEAR_GD_TASK, LINEAR_STEPS
+    from loraplus_lab.sims.params import Parametrization
+    from loraplus_lab.sims.toy import simulate_batch
 
     line = 2.0 ** np.arange(-12, 2.01, 0.5)
     params = [Parametrization(f"eq{k}", e, e, 0, 0) for k, e in enumerate(line)]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sims.measure import fit_slopes, log_slope, verdict
+from loraplus_lab.sims.measure import fit_slopes, log_slope, verdict
 
 WIDTHS = [2**k for k in range(6, 15)]
 

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from sims.realmodels.coordcheck import (  # noqa: E402
+from loraplus_lab.sims.realmodels.coordcheck import (  # noqa: E402
     STATS,
     LoraCoordProbe,
     coordcheck_slopes,
@@ -26,7 +26,7 @@ from sims.realmodels.coordcheck import (  # noqa: E402
     run_coordcheck,
     train_and_record,
 )
-from sims.realmodels.ladders import (  # noqa: E402
+from loraplus_lab.sims.realmodels.ladders import (  # noqa: E402
     ARCHS,
     DEFAULT_TARGETS,
     iter_lora_layers,
@@ -267,7 +267,7 @@ def test_headline_slopes_gpt2(gpt2_coordcheck: pd.DataFrame) -> None:
 def test_plots(gpt2_coordcheck: pd.DataFrame) -> None:
     import matplotlib.pyplot as plt
 
-    from sims.realmodels.plots import plot_lora_coordcheck, plot_lora_slopes
+    from loraplus_lab.sims.realmodels.plots import plot_lora_coordcheck, plot_lora_slopes
 
     fig = plot_lora_coordcheck(gpt2_coordcheck, "delta1", title="GPT-2")
     assert len(fig.axes) == 2 * 3  # params × steps with δ¹
@@ -300,7 +300,7 @@ def test_divergence_is_data() -> None:
 
 
 def test_make_optimizer_rates() -> None:
-    from sims.realmodels.coordcheck import make_optimizer
+    from loraplus_lab.sims.realmodels.coordcheck import make_optimizer
 
     m = lora_model(make_model("gpt2", 128, seed=0), "gpt2", seed=0)
     lp, eq = resolve_params(["loraplus", "lora-fixed"], lr=1e-3, ratio=2.0)
@@ -377,7 +377,7 @@ def test_gpu_check_smoke(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the command line
 def test_cli_coordcheck_writes_tables_and_figures(tmp_path, capsys):
-    from sims.cli import main
+    from loraplus_lab.sims.cli import main
 
     out = tmp_path / "cc"
     argv = ["coordcheck", "--widths", "64,128", "--steps", "2", "--seeds", "1", "--out", str(out)]
@@ -399,7 +399,7 @@ def test_cli_coordcheck_writes_tables_and_figures(tmp_path, capsys):
     ],
 )
 def test_cli_coordcheck_bad_input(tmp_path, capsys, extra, message):
-    from sims.cli import main
+    from loraplus_lab.sims.cli import main
 
     out = tmp_path / "cc"
     try:

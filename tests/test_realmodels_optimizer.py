@@ -25,7 +25,7 @@ from transformers import (  # noqa: E402
     RobertaForSequenceClassification,
 )
 
-from sims.realmodels.optimizer import (  # noqa: E402
+from loraplus_lab.sims.realmodels.optimizer import (  # noqa: E402
     create_loraplus_optimizer,
     format_audit,
     optimizer_audit,

@@ -26,9 +26,9 @@ pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
 
-from sims.realmodels import data, models, train  # noqa: E402
-from sims.realmodels.finetune import expand_grid, finetune, grid_point_name  # noqa: E402
-from sims.realmodels.optimizer import create_loraplus_optimizer, optimizer_audit  # noqa: E402
+from loraplus_lab.sims.realmodels import data, models, train  # noqa: E402
+from loraplus_lab.sims.realmodels.finetune import expand_grid, finetune, grid_point_name  # noqa: E402
+from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer, optimizer_audit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "good bad great awful fine movie film plot acting was is the a very not really".split()
@@ -386,8 +386,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from sims.realmodels import data, models, train
-from sims.realmodels.optimizer import create_loraplus_optimizer
+from loraplus_lab.sims.realmodels import data, models, train
+from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer
 
 model_dir, csv, out = sys.argv[1:4]
 acc = train.make_accelerator(seed=5)
@@ -485,7 +485,7 @@ def test_finetune_writes_config_and_metrics(assets, tmp_path):
 
 
 def test_finetune_grid_runs_on_the_sweep_engine(assets, tmp_path):
-    from sims.sweep import Store, load
+    from loraplus_lab.sims.sweep import Store, load
 
     grid = {"eta_a": [1e-3], "eta_b": [1e-3, 4e-3]}
     assert expand_grid(grid) == [(1e-3, 1e-3), (1e-3, 4e-3)]
@@ -580,7 +580,7 @@ def test_finetune_grid_bad_input_writes_nothing(assets, tmp_path):
 
 # ----------------------------------------------------------------------------- the command line
 def test_cli_finetune_runs_offline(assets, tmp_path, capsys):
-    from sims.cli import main
+    from loraplus_lab.sims.cli import main
 
     out = tmp_path / "run"
     argv = ["finetune", "--model", str(assets["roberta"]), "--task", str(assets["csv"]),
@@ -603,7 +603,7 @@ def test_cli_finetune_runs_offline(assets, tmp_path, capsys):
     ],
 )
 def test_cli_finetune_bad_input_exit_2_nothing_written(assets, tmp_path, capsys, change, message):
-    from sims.cli import main
+    from loraplus_lab.sims.cli import main
 
     if change.get("--task") == "MISSING_LABEL":
         bad = tmp_path / "nolabel.csv"

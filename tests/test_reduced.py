@@ -1,8 +1,8 @@
-"""Tests of theory.reduced: the exact (z, b) dynamics of the rank-1 single-sample toy.
+"""Tests of loraplus_lab.theory.reduced: the exact (z, b) dynamics of the rank-1 single-sample toy.
 
 The reduced recurrence is checked against (a) a naive n-dimensional numpy implementation written
-here, (b) torch.optim itself, and (c) the n-dimensional simulator ``sims.toy`` (skipped when it
-is absent), and its n → ∞ limit against finite widths.
+here, (b) torch.optim itself, and (c) the n-dimensional simulator ``loraplus_lab.sims.toy``
+(skipped when it is absent), and its n → ∞ limit against finite widths.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from theory.reduced import (
+from loraplus_lab.theory.reduced import (
     OPTIMIZERS,
     CoordStats,
     ReducedToy,
@@ -500,13 +500,13 @@ def test_shapes_and_broadcasting():
 
 
 # --------------------------------------------------------------------------------------------
-# against the n-dimensional simulator sims.toy
+# against the n-dimensional simulator loraplus_lab.sims.toy
 
 
 def _sim_vs_reduced(problem, **kw):
-    """Reduced run vs ``sims.toy.simulate``; ε = 0 is run as ε = 1e-30 in the simulator (whose
-    torch Adam would divide 0 by 0 while a factor's gradient is exactly zero)."""
-    sims_toy = pytest.importorskip("sims.toy")
+    """Reduced run vs ``loraplus_lab.sims.toy.simulate``; ε = 0 is run as ε = 1e-30 in the
+    simulator (whose torch Adam would divide 0 by 0 while a factor's gradient is exactly zero)."""
+    sims_toy = pytest.importorskip("loraplus_lab.sims.toy")
     sim_kw = dict(kw)
     if sim_kw.get("eps", 1e-8) == 0.0:
         sim_kw["eps"] = 1e-30
@@ -534,7 +534,7 @@ SIM_IDS = CASE_IDS + ["adam-eps=1e-30"]
 @pytest.mark.parametrize(("optimizer", "kw"), SIM_CASES, ids=SIM_IDS)
 @pytest.mark.parametrize("init", ["A", "B"])
 def test_matches_simulator_random_arrays(optimizer, kw, init):
-    sims_toy = pytest.importorskip("sims.toy")
+    sims_toy = pytest.importorskip("loraplus_lab.sims.toy")
     rng = np.random.default_rng([2, SIM_CASES.index((optimizer, kw)), ord(init)])
     for n in (64, 4096):
         x, w_star, y, a0, b0, s = draw_problem(rng, n, init)
@@ -553,7 +553,7 @@ def test_matches_simulator_random_arrays(optimizer, kw, init):
 
 def test_eps_zero_formula_matches_simulator_at_tiny_eps():
     """The reduced ε = 0 closed form against the simulator's per-coordinate Adam at ε = 1e-30."""
-    sims_toy = pytest.importorskip("sims.toy")
+    sims_toy = pytest.importorskip("loraplus_lab.sims.toy")
     for init in ("A", "B"):
         problem = sims_toy.ToyProblem.paper(512, 5, init=init)
         df = sims_toy.simulate(problem, eta_a=0.3 / 512, eta_b=0.05, steps=25, eps=1e-30)
@@ -570,7 +570,7 @@ def test_eps_zero_formula_matches_simulator_at_tiny_eps():
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("init", ["A", "B"])
 def test_matches_simulator_paper_toy(optimizer, init):
-    sims_toy = pytest.importorskip("sims.toy")
+    sims_toy = pytest.importorskip("loraplus_lab.sims.toy")
     for width in (128, 1024):
         problem = sims_toy.ToyProblem.paper(width, 11, init=init)
         kw = {"weight_decay": 0.1} if optimizer == "adamw" else {}

@@ -15,10 +15,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from sims import measure
-from sims.params import Parametrization
-from sims.toy import simulate_batch
-from theory import gamma
+from loraplus_lab.sims import measure
+from loraplus_lab.sims.params import Parametrization
+from loraplus_lab.sims.toy import simulate_batch
+from loraplus_lab.theory import gamma
 
 C_A = [Fraction(x) for x in ("0", "-1/2", "-1", "-5/4", "-3/2", "-2", "-5/2", "-3")]
 C_B = [Fraction(x) for x in ("0", "-1/4", "-1/2", "-1", "-3/2", "-2")]
@@ -56,7 +56,7 @@ def test_measured_slopes_match_the_calculus(optimizer: str, init: str) -> None:
 def test_lora_plus_flat_and_equal_rates_vanish() -> None:
     """The headline at the default settings: LoRA+ moves features by Θ(1) through both factors;
     equal rates scaled for stability (η ∝ 1/n) make both δ¹ and δ² vanish like 1/n."""
-    from sims.params import preset
+    from loraplus_lab.sims.params import preset
 
     params = [preset("lora", eta=1e-3), preset("loraplus", eta=1e-3)]
     df = simulate_batch(WIDTHS, params, range(8), steps=STEPS, eps=1e-30)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sims.params import preset
-from sims.sweep.spec import (
+from loraplus_lab.sims.params import preset
+from loraplus_lab.sims.sweep.spec import (
     DEFAULTS,
     DTYPES,
     OPTIMIZERS,
@@ -66,7 +66,7 @@ def test_small_spec_is_small_and_splits_into_jobs() -> None:
 
 
 def test_default_spec_is_the_cli_default() -> None:
-    from sims.cli import parse_seeds, parse_widths
+    from loraplus_lab.sims.cli import parse_seeds, parse_widths
 
     spec = load_spec(SPECS / "default.toml")
     assert list(spec.widths) == parse_widths("2^6..2^14")
@@ -242,12 +242,12 @@ def test_job_memory_grows_linearly_with_width_and_chunk() -> None:
 
 # ----------------------------------------------------------------------------- the simulator
 def test_names_mirror_the_simulator() -> None:
-    from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND
-    from sims.toy.optim import OPTIMIZERS as SIM_OPTIMIZERS
-    from sims.toy.optim import OptimizerConfig
-    from sims.toy.problem import ToyProblem
-    from sims.toy.simulate import DTYPES as SIM_DTYPES
-    from sims.toy.simulate import PROBLEMS
+    from loraplus_lab.sims.toy.engine import DEFAULT_DIVERGENCE_BOUND
+    from loraplus_lab.sims.toy.optim import OPTIMIZERS as SIM_OPTIMIZERS
+    from loraplus_lab.sims.toy.optim import OptimizerConfig
+    from loraplus_lab.sims.toy.problem import ToyProblem
+    from loraplus_lab.sims.toy.simulate import DTYPES as SIM_DTYPES
+    from loraplus_lab.sims.toy.simulate import PROBLEMS
 
     assert OPTIMIZERS == SIM_OPTIMIZERS
     assert set(DTYPES) == set(SIM_DTYPES)
@@ -264,7 +264,7 @@ def test_names_mirror_the_simulator() -> None:
 
 
 def test_a_spec_runs_in_the_simulator() -> None:
-    from sims.toy import simulate_batch
+    from loraplus_lab.sims.toy import simulate_batch
 
     spec = load_spec(SPECS / "small.toml")
     df = simulate_batch(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sims.cli import main
-from sims.sweep import Store, StoreError, expand, load, load_spec, parse_spec, run
+from loraplus_lab.sims.cli import main
+from loraplus_lab.sims.sweep import Store, StoreError, expand, load, load_spec, parse_spec, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def _sweep_cmd(spec: Path, out: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "sims.cli",
+        "loraplus_lab.sims.cli",
         "sweep",
         str(spec),
         "--out",
@@ -189,11 +189,12 @@ def _sweep_cmd(spec: Path, out: Path) -> list[str]:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
-    """Kill the whole sweep (driver and workers) five times at random moments; the store stays
+    """Kill the whole sweep (driver and workers) five times at random moments (jobs long enough that
+    the kernels' compile cache cannot let it finish first); the store stays
     readable after each kill, and --resume completes it with every job exactly once and the
     same DataFrame as an uninterrupted run."""
     text = TINY.replace("widths = [64, 128, 256]", "widths = [512, 1024, 2048, 4096, 8192]")
-    text = text.replace("steps = 3", "steps = 200").replace("chunk = 2", "chunk = 1")
+    text = text.replace("steps = 3", "steps = 1500").replace("chunk = 2", "chunk = 1")
     spec_path = _spec(tmp_path, text)
     spec = load_spec(spec_path)
     expected_keys = {j.key for j in expand(spec)}
@@ -282,7 +283,7 @@ def test_malformed_spec_exit_2_nothing_written(
     spec = tmp_path / "no-such-spec.toml" if text is None else _spec(tmp_path, text, "bad.toml")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "sims.cli", "sweep", str(spec), "--out", str(out)],
+        [sys.executable, "-m", "loraplus_lab.sims.cli", "sweep", str(spec), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,

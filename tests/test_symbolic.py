@@ -1,11 +1,12 @@
-"""Tests of theory.symbolic: the identities behind the exponent calculus, checked with sympy."""
+"""Tests of loraplus_lab.theory.symbolic: the identities behind the exponent calculus, checked with
+sympy."""
 
 from __future__ import annotations
 
 import pytest
 import sympy as sp
 
-from theory.symbolic import (
+from loraplus_lab.theory.symbolic import (
     adam_toy_dz,
     delta_decomposition_residual,
     delta_terms,

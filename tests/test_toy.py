@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import torch_optim_reference
 
-from sims.params import Parametrization, preset
-from sims.toy import STATS, ToyProblem, simulate, simulate_batch
-from sims.toy.engine import run_batch
-from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update
-from sims.toy.simulate import _stack
+from loraplus_lab.sims.params import Parametrization, preset
+from loraplus_lab.sims.toy import STATS, ToyProblem, simulate, simulate_batch
+from loraplus_lab.sims.toy.engine import run_batch
+from loraplus_lab.sims.toy.optim import OptimizerConfig, OptimizerState, apply_update
+from loraplus_lab.sims.toy.simulate import _stack
 
 OPTS = ["gd", "signgd", "adam", "adamw"]
 

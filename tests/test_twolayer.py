@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from sims.params import Parametrization, preset
-from sims.toy import STATS, simulate_batch
-from sims.toy import twolayer as tl
-from sims.toy.optim import OptimizerConfig
-from sims.toy.twolayer import simulate_twolayer
+from loraplus_lab.sims.params import Parametrization, preset
+from loraplus_lab.sims.toy import STATS, simulate_batch
+from loraplus_lab.sims.toy import twolayer as tl
+from loraplus_lab.sims.toy.optim import OptimizerConfig
+from loraplus_lab.sims.toy.twolayer import simulate_twolayer
 
 SMALL = dict(samples=6, test_samples=10, input_dim=5, pretrain_steps=15, pretrain_samples=24)
 

@@ -37,7 +37,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'sims.realmodels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sims.realmodels.{_EXPORTS[name]}"), name)
+        raise AttributeError(f"module 'loraplus_lab.sims.realmodels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"loraplus_lab.sims.realmodels.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value

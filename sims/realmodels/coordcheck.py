@@ -27,12 +27,12 @@ each training step, before its update, so ``step t`` are the features at the par
 forward pass to the training steps: the overhead is the hooks' arithmetic
 (``benchmarks/bench_coordcheck.py`` measures it).
 
-Parametrizations are :class:`sims.params.Parametrization` objects or preset names. The default
-comparison is ``lora-fixed`` (equal rates ``η_A = η_B = lr`` held fixed across widths: under Adam
-``δ¹`` grows like ``n``) against ``loraplus`` (``η_A = lr·n0/n``, ``η_B = ratio·lr``: ``δ¹`` and
-``δ²`` flat), while ``Z`` stays flat as the control. Predicted exponents are the toy's exponent
-calculus (``theory.gamma`` through :func:`sims.measure.predicted_exponents`) applied layer by
-layer.
+Parametrizations are :class:`loraplus_lab.sims.params.Parametrization` objects or preset names. The
+default comparison is ``lora-fixed`` (equal rates ``η_A = η_B = lr`` held fixed across widths:
+under Adam ``δ¹`` grows like ``n``) against ``loraplus`` (``η_A = lr·n0/n``, ``η_B = ratio·lr``:
+``δ¹`` and ``δ²`` flat), while ``Z`` stays flat as the control. Predicted exponents are the toy's
+exponent calculus (``loraplus_lab.theory.gamma`` through
+:func:`loraplus_lab.sims.measure.predicted_exponents`) applied layer by layer.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sims.params import DEFAULT_N0, PRESETS, Parametrization, preset
-from sims.realmodels.ladders import (
+from loraplus_lab.sims.params import DEFAULT_N0, PRESETS, Parametrization, preset
+from loraplus_lab.sims.realmodels.ladders import (
     DEFAULT_HEAD_DIM,
     DEFAULT_VOCAB,
     check_arch,
@@ -86,7 +86,8 @@ COLUMNS = [
     "diverged",
 ]
 
-#: Coordinate-check statistic → the exponent calculus's quantity (see ``sims.measure``).
+#: Coordinate-check statistic → the exponent calculus's quantity (see
+#: ``loraplus_lab.sims.measure``).
 _THEORY_STAT = {
     "delta1": "delta1",
     "delta2": "delta2",
@@ -337,7 +338,7 @@ def make_optimizer(
     eps: float = 1e-12,
 ) -> torch.optim.Optimizer:
     """The optimizer of one coordinate-check run: ``lora_A`` at ``η_A(n)``, ``lora_B`` at
-    ``η_B(n)`` (:func:`sims.realmodels.optimizer.create_loraplus_optimizer` with
+    ``η_B(n)`` (:func:`loraplus_lab.sims.realmodels.optimizer.create_loraplus_optimizer` with
     ``lr = η_A(n)``, ``ratio = η_B(n)/η_A(n)``); Adam's ``ε`` is tiny so that it never caps the
     normalised update at large widths."""
     if optimizer not in OPTIMIZERS:
@@ -348,7 +349,7 @@ def make_optimizer(
         kwargs["weight_decay"] = 0.0
     lr_a, lr_b = param.rate_a(width), param.rate_b(width)
     try:
-        from sims.realmodels.optimizer import create_loraplus_optimizer
+        from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer
     except ImportError:  # pragma: no cover - the optimizer module ships with the package
         a = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n]
         rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" not in n]
@@ -421,11 +422,12 @@ def lora_ladder(
 ) -> dict[int, ModelFactory]:
     """LoRA-wrapped model factories keyed by width (microsoft/mup's ``coord_check`` idea).
 
-    ``lora_ladder(...)[n](seed, param)`` builds :func:`~sims.realmodels.ladders.make_model` at
-    width ``n`` from ``seed`` (pretrained for ``pretrain_steps`` when asked), casts it to
-    ``dtype`` and wraps it with :func:`~sims.realmodels.ladders.lora_model` using the
-    parametrization's ``init``, ``alpha`` and α-rule. The last base model is cached, so calling
-    the same width and seed for several parametrizations builds it once.
+    ``lora_ladder(...)[n](seed, param)`` builds
+    :func:`~loraplus_lab.sims.realmodels.ladders.make_model` at width ``n`` from ``seed``
+    (pretrained for ``pretrain_steps`` when asked), casts it to ``dtype`` and wraps it with
+    :func:`~loraplus_lab.sims.realmodels.ladders.lora_model` using the parametrization's ``init``,
+    ``alpha`` and α-rule. The last base model is cached, so calling the same width and seed for
+    several parametrizations builds it once.
     """
     check_arch(arch)
     head_dim = int(model_kwargs.get("head_dim", DEFAULT_HEAD_DIM))
@@ -665,7 +667,7 @@ def predicted_coordcheck(
     changes. Under Init[A] the toy's ``δ³ = 0`` at step 1 therefore holds only in the first
     LoRA layer: later layers' inputs moved, so their ``δ³`` (and verdict) at step 1 differ.
     """
-    from sims.measure import predicted_exponents
+    from loraplus_lab.sims.measure import predicted_exponents
 
     pred = predicted_exponents(
         params,
@@ -723,16 +725,16 @@ def coordcheck_slopes(
     intervals over seeds and a verdict against the prediction.
 
     The value of a layer type is the mean over its layers (blocks) of each seed × width; the
-    slope is :func:`sims.measure.fit_slopes` (``log2`` of the seed-mean against ``log2 n``).
-    Diverged entries are left out. Predictions come from :func:`predicted_coordcheck` (the
+    slope is :func:`loraplus_lab.sims.measure.fit_slopes` (``log2`` of the seed-mean against ``log2
+    n``). Diverged entries are left out. Predictions come from :func:`predicted_coordcheck` (the
     parametrizations stored in ``df.attrs`` unless ``params`` is given); ``verdict`` is
-    :func:`sims.measure.verdict` with ``tolerance`` (real models at modest widths are
+    :func:`loraplus_lab.sims.measure.verdict` with ``tolerance`` (real models at modest widths are
     pre-asymptotic, hence a looser default than the toy's).
 
     Columns: ``param, layer_type, step, stat, slope, ci_low, ci_high, zero, n_widths,
     n_diverged, predicted, predicted_label, verdict``.
     """
-    from sims.measure import fit_slopes, verdict
+    from loraplus_lab.sims.measure import fit_slopes, verdict
 
     need = {"param", "layer_type", "step", "stat", "value", "width", "seed", "diverged"}
     missing = sorted(need - set(df.columns))

@@ -2,9 +2,9 @@
 
 :func:`finetune` is the whole experiment the LoRA+ paper runs on GLUE: load a model (a local
 folder or a Hub name) and a task (``glue/<name>`` or a local CSV/JSONL file), put LoRA adapters
-on the paper's target modules (:func:`sims.realmodels.models.lora_config_for`), train them with
-the LoRA+ optimizer (``η_A = lr``, ``η_B = ratio·lr``) through :class:`LoraPlusTrainer` or the
-plain accelerate loop, evaluate on the validation split, and write into ``out``:
+on the paper's target modules (:func:`loraplus_lab.sims.realmodels.models.lora_config_for`), train
+them with the LoRA+ optimizer (``η_A = lr``, ``η_B = ratio·lr``) through :class:`LoraPlusTrainer`
+or the plain accelerate loop, evaluate on the validation split, and write into ``out``:
 
 ``config.json``
     the full configuration (arguments, resolved device/precision/steps, model summary, LoRA
@@ -20,8 +20,8 @@ the data, the target modules, ``λ > 0`` and the optimizer itself; a bad input r
 :class:`ValueError` with a one-line message and leaves ``out`` untouched. A run writes into a
 hidden sibling folder and renames it to ``out`` when done, so ``out`` is never half-written.
 
-``grid=`` turns an ``(η_A, η_B)`` grid into runs. The sweep engine (:mod:`sims.sweep`) hosts
-only the toy simulator's jobs, so a grid runs sequentially, one run per point into
+``grid=`` turns an ``(η_A, η_B)`` grid into runs. The sweep engine (:mod:`loraplus_lab.sims.sweep`)
+hosts only the toy simulator's jobs, so a grid runs sequentially, one run per point into
 ``out/<point>/`` (``eta_a=…,eta_b=…``), with ``out/grid.json`` (the grid) and ``out/grid.csv``
 (one summary row per point). Rerunning the same grid into the same ``out`` skips finished
 points.
@@ -45,10 +45,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sims.realmodels import data as data_mod
-from sims.realmodels import models as models_mod
-from sims.realmodels.optimizer import POLICIES, create_loraplus_optimizer, optimizer_audit
-from sims.realmodels.train import (
+from loraplus_lab.sims.realmodels import data as data_mod
+from loraplus_lab.sims.realmodels import models as models_mod
+from loraplus_lab.sims.realmodels.optimizer import (
+    POLICIES,
+    create_loraplus_optimizer,
+    optimizer_audit,
+)
+from loraplus_lab.sims.realmodels.train import (
     LoraPlusArguments,
     LoraPlusTrainer,
     make_accelerator,
@@ -224,7 +228,7 @@ def _versions() -> dict[str, str]:
     import peft
     import transformers
 
-    import sims
+    from loraplus_lab import sims
 
     return {
         "loraplus-lab": sims.__version__,
@@ -763,8 +767,8 @@ def _run_grid(
 ) -> dict[str, Any]:
     """Run the grid's points as jobs of the sweep engine (store in ``out``, points' artifacts in
     ``out/points``): resumable, each point trained once, on any executor."""
-    from sims.realmodels.grid import GridSpec, grid_jobs, point_name
-    from sims.sweep import Store, run
+    from loraplus_lab.sims.realmodels.grid import GridSpec, grid_jobs, point_name
+    from loraplus_lab.sims.sweep import Store, run
 
     configs = [replace(cfg, lr=a, ratio=b / a) for a, b in points]
     for c in configs:
@@ -836,7 +840,8 @@ def finetune(
         epochs, steps: Training length (one of them; default 3 epochs, as the paper).
         batch_size: Examples per step (the paper: 32).
         r, alpha, dropout, target_modules: LoRA settings
-            (:func:`~sims.realmodels.models.lora_config_for`; ``None`` targets: the paper's).
+            (:func:`~loraplus_lab.sims.realmodels.models.lora_config_for`; ``None`` targets: the
+            paper's).
         seed: Seeds model init (head, adapters), data order and dropout.
         bf16: ``"auto"`` (bf16 on a GPU that supports it), ``True`` or ``False``.
         grid: ``(η_A, η_B)`` grid (see :func:`expand_grid`): one run per point into

@@ -23,7 +23,7 @@ KIND = "finetune-grid"
 
 def point_name(eta_a: float, eta_b: float) -> str:
     """A readable folder name for a grid point (``finetune.grid_point_name``)."""
-    from sims.realmodels.finetune import grid_point_name
+    from loraplus_lab.sims.realmodels.finetune import grid_point_name
 
     return grid_point_name(eta_a, eta_b)
 
@@ -72,7 +72,7 @@ class FinetuneJob:
 
     def run(self) -> pd.DataFrame:
         """Train this point (its artifacts under ``OUT/points``) and return its metrics rows."""
-        from sims.realmodels.finetune import FinetuneConfig, prepare, run_prepared
+        from loraplus_lab.sims.realmodels.finetune import FinetuneConfig, prepare, run_prepared
 
         cfg = FinetuneConfig(**self.spec.config, lr=self.eta_a, ratio=self.eta_b / self.eta_a)
         point_dir = Path(self.spec.out) / "points" / point_name(self.eta_a, self.eta_b)
@@ -92,6 +92,6 @@ def grid_jobs(spec: GridSpec) -> list[FinetuneJob]:
 
 
 def jobs_from_dict(d: dict[str, Any], out: str) -> list[FinetuneJob]:
-    """The jobs of a stored grid (``spec.json``), for :meth:`sims.sweep.Store.load`."""
+    """The jobs of a stored grid (``spec.json``), for :meth:`loraplus_lab.sims.sweep.Store.load`."""
     spec = GridSpec(d["name"], d["config"], tuple((a, b) for a, b in d["points"]), out)
     return grid_jobs(spec)

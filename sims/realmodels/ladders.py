@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sims.params import DEFAULT_N0, check_init
+from loraplus_lab.sims.params import DEFAULT_N0, check_init
 
 ARCHS = ("gpt2", "llama", "roberta")
 TASKS = ("lm", "classification")

@@ -1,8 +1,8 @@
 """Figures of the real-model LoRA coordinate check, each a function of its tidy DataFrame.
 
-Nothing here runs a model: :func:`sims.realmodels.coordcheck.run_coordcheck` collects, these
-functions draw (microsoft/mup's coordinate-check layout: one panel per step, width on a log2 axis,
-one line per layer type).
+Nothing here runs a model: :func:`loraplus_lab.sims.realmodels.coordcheck.run_coordcheck` collects,
+these functions draw (microsoft/mup's coordinate-check layout: one panel per step, width on a log2
+axis, one line per layer type).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sims.plots import MARKERS, PALETTE
+from loraplus_lab.sims.plots import MARKERS, PALETTE
 
 STAT_LABELS = {
     "Z": "|Z| (layer input)",
@@ -41,12 +41,12 @@ def plot_lora_coordcheck(
 ) -> Figure:
     """One statistic of the LoRA coordinate check against width, as mup's coordinate check.
 
-    ``df`` is the tidy output of :func:`sims.realmodels.coordcheck.run_coordcheck`. The grid has
-    one row per parametrization and one column per step; each line is one layer type (colour and
-    marker, colour-blind palette): the mean over seeds of the mean over that type's layers, with
-    a ± one-standard-error band over seeds. A flat line means the statistic is Θ(1) in the width.
-    Diverged rows are left out; a layer type whose statistic is exactly zero at a step is named in
-    the panel instead of drawn (a log axis has no zero).
+    ``df`` is the tidy output of :func:`loraplus_lab.sims.realmodels.coordcheck.run_coordcheck`.
+    The grid has one row per parametrization and one column per step; each line is one layer type
+    (colour and marker, colour-blind palette): the mean over seeds of the mean over that type's
+    layers, with a ± one-standard-error band over seeds. A flat line means the statistic is Θ(1) in
+    the width. Diverged rows are left out; a layer type whose statistic is exactly zero at a step
+    is named in the panel instead of drawn (a log axis has no zero).
 
     Args:
         df: coordinate-check results.
@@ -158,10 +158,10 @@ def plot_lora_slopes(
 ) -> Figure:
     """Measured width exponents (slope of ``log2 |stat|`` against ``log2 n``) per layer type.
 
-    ``slopes`` is :func:`sims.realmodels.coordcheck.coordcheck_slopes`' output. One panel per
-    statistic; per parametrization (x position) the slope of each layer type (colour) averaged
-    over steps ``≥ min_step``, with the widest bootstrap interval over those steps as error bar.
-    The dashed line is 0 (flat in width).
+    ``slopes`` is :func:`loraplus_lab.sims.realmodels.coordcheck.coordcheck_slopes`' output. One
+    panel per statistic; per parametrization (x position) the slope of each layer type (colour)
+    averaged over steps ``≥ min_step``, with the widest bootstrap interval over those steps as
+    error bar. The dashed line is 0 (flat in width).
     """
     s = slopes[(slopes["step"] >= min_step) & slopes["stat"].isin(stats) & ~slopes["zero"]]
     if s.empty:

@@ -1,10 +1,10 @@
 """Training LoRA / LoRA+ models: a ``transformers.Trainer`` subclass and a plain accelerate loop.
 
 :class:`LoraPlusTrainer` is a ``transformers.Trainer`` whose optimizer is
-:func:`sims.realmodels.optimizer.create_loraplus_optimizer`: it overrides ``create_optimizer``
-(the hook transformers 5.x documents for custom optimizers), takes the optimizer class and its
-hyperparameters (betas, eps, fused, ...) from the ``TrainingArguments`` exactly as the stock
-Trainer does (``optim=``, or ``optimizer_cls_and_kwargs=``), and uses ``η_A =
+:func:`loraplus_lab.sims.realmodels.optimizer.create_loraplus_optimizer`: it overrides
+``create_optimizer`` (the hook transformers 5.x documents for custom optimizers), takes the
+optimizer class and its hyperparameters (betas, eps, fused, ...) from the ``TrainingArguments``
+exactly as the stock Trainer does (``optim=``, or ``optimizer_cls_and_kwargs=``), and uses ``η_A =
 args.learning_rate``, ``η_B = λ·η_A``, ``weight_decay = args.weight_decay``. The scheduler,
 mixed precision, logging and distribution are the Trainer's own.
 
@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from sims.realmodels.optimizer import POLICIES, create_loraplus_optimizer
+from loraplus_lab.sims.realmodels.optimizer import POLICIES, create_loraplus_optimizer
 
 try:  # the Trainer subclass needs transformers; the loop only needs accelerate
     from transformers import Trainer as _Trainer
@@ -75,7 +75,7 @@ class LoraPlusArguments:
 
     Attributes:
         ratio: ``λ = η_B/η_A`` (> 0); ``1`` is plain LoRA, the paper recommends ``≈ 2^4``.
-        policy: ``"theory"`` or ``"peft"`` (see :mod:`sims.realmodels.optimizer`).
+        policy: ``"theory"`` or ``"peft"`` (see :mod:`loraplus_lab.sims.realmodels.optimizer`).
         lr_embedding: Rate of LoRA on embeddings (``None``: the policy's default).
         lr_other: Rate of the other trainable parameters, e.g. the head (theory policy only).
         fan_in_aware: Scale each ``A``'s rate by ``n_0/fan_in`` (theory policy only).

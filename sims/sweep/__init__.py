@@ -35,7 +35,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'sims.sweep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sims.sweep.{_EXPORTS[name]}"), name)
+        raise AttributeError(f"module 'loraplus_lab.sims.sweep' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"loraplus_lab.sims.sweep.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value

@@ -1,9 +1,9 @@
 """Executors: run the missing jobs of a sweep serially, on local processes, or on Ray.
 
-Every executor runs the same :func:`sims.sweep.jobs.run_job` on the same jobs (one torch thread
-each) and the worker writes its own result file, so the stored results are bit-identical
-whichever executor ran them. Ray workers write to the store's path: on a multi-node cluster that
-path must be on a filesystem every node sees.
+Every executor runs the same :func:`loraplus_lab.sims.sweep.jobs.run_job` on the same jobs (one
+torch thread each) and the worker writes its own result file, so the stored results are
+bit-identical whichever executor ran them. Ray workers write to the store's path: on a multi-node
+cluster that path must be on a filesystem every node sees.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sims.sweep.jobs import Job
-from sims.sweep.store import Store
+from loraplus_lab.sims.sweep.jobs import Job
+from loraplus_lab.sims.sweep.store import Store
 
 EXECUTORS = ("serial", "local", "ray")
 

@@ -1,9 +1,9 @@
 """Jobs: a sweep spec expands into independent chunks of the vectorised grid.
 
 A job is one width × one initialisation × a chunk of at most ``spec.chunk`` rate
-configurations × every seed, run by :func:`sims.toy.simulate_batch` in one batch. Its identity is
-the SHA-256 of its normalised configuration (everything that determines its results), so a rerun
-recognises finished jobs whatever order they ran in and never runs one twice.
+configurations × every seed, run by :func:`loraplus_lab.sims.toy.simulate_batch` in one batch. Its
+identity is the SHA-256 of its normalised configuration (everything that determines its results),
+so a rerun recognises finished jobs whatever order they ran in and never runs one twice.
 
 Jobs run with one torch thread: the bits of a matrix product can depend on how many threads
 split it, and results must be identical whichever executor (and however many workers) ran them.
@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-import sims
-from sims.params import Parametrization
-from sims.sweep.spec import SweepSpec
+from loraplus_lab import sims
+from loraplus_lab.sims.params import Parametrization
+from loraplus_lab.sims.sweep.spec import SweepSpec
 
 #: Bump when the simulator's results change for the same configuration: old stores then refuse
 #: to mix with new results instead of silently doing so.
@@ -101,8 +101,9 @@ def one_thread() -> Iterator[None]:
 
 
 def run_job(job: Job) -> pd.DataFrame:
-    """Simulate one job; returns its tidy rows (see :func:`sims.toy.simulate_batch`)."""
-    from sims.toy import simulate_batch
+    """Simulate one job; returns its tidy rows (see
+    :func:`loraplus_lab.sims.toy.simulate_batch`)."""
+    from loraplus_lab.sims.toy import simulate_batch
 
     s = job.spec
     with one_thread():

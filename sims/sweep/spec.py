@@ -3,9 +3,10 @@
 A spec says which toy problem to train, at which widths and seeds, for how many steps, with which
 optimizer, and which learning-rate parametrizations (DESIGN.md §1) to compare. Each
 ``[[parametrizations]]`` entry may carry grids of base rates; it expands into one
-:class:`~sims.params.Parametrization` per grid point. Everything is checked before any work is
-done: a bad spec raises :class:`SpecError`, whose message is one line naming the file, the key and
-the bad value, e.g. ``specs/x.toml: parametrizations[1].eta_a: rates must be positive, got -0.1``.
+:class:`~loraplus_lab.sims.params.Parametrization` per grid point. Everything is checked before any
+work is done: a bad spec raises :class:`SpecError`, whose message is one line naming the file, the
+key and the bad value, e.g. ``specs/x.toml: parametrizations[1].eta_a: rates must be positive, got
+-0.1``.
 
 Format (every key not marked optional is required)::
 
@@ -25,7 +26,8 @@ Format (every key not marked optional is required)::
                                  # shift, noise, sigma_b)
 
     [[parametrizations]]         # at least one
-    preset = "loraplus"          # one of sims.params.PRESETS, or give c_a and c_b (numbers or
+    preset = "loraplus"          # one of loraplus_lab.sims.params.PRESETS, or give c_a and c_b
+    (numbers or
                                  # strings such as "-1/2")
     name = "loraplus"            # optional; default the preset name or "c_A=..,c_B=.."
     eta = 0.01                   # base rate of both factors, or eta_a and eta_b separately
@@ -69,14 +71,22 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from sims.params import ALPHA_RULES, DEFAULT_N0, INITS, PRESETS, Parametrization, parse_exponent
+from loraplus_lab.sims.params import (
+    ALPHA_RULES,
+    DEFAULT_N0,
+    INITS,
+    PRESETS,
+    Parametrization,
+    parse_exponent,
+)
 
-#: Optimizer names (those of :data:`sims.toy.optim.OPTIMIZERS`).
+#: Optimizer names (those of :data:`loraplus_lab.sims.toy.optim.OPTIMIZERS`).
 OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
-#: Floating-point types of the simulation (those of :data:`sims.toy.simulate.DTYPES`).
+#: Floating-point types of the simulation (those of :data:`loraplus_lab.sims.toy.simulate.DTYPES`).
 DTYPES = ("float64", "float32")
 #: Problem kinds and the options each takes, with their defaults (those of
-#: :meth:`sims.toy.problem.ToyProblem.paper` and :meth:`~sims.toy.problem.ToyProblem.general`).
+#: :meth:`loraplus_lab.sims.toy.problem.ToyProblem.paper` and
+#: :meth:`~loraplus_lab.sims.toy.problem.ToyProblem.general`).
 PROBLEM_OPTIONS: dict[str, dict[str, Any]] = {
     "paper": {"sigma_b": 1.0},
     "general": {
@@ -97,7 +107,7 @@ DEFAULTS: dict[str, Any] = {
     "eps": 1e-8,
     "weight_decay": 0.0,
     "dtype": "float64",
-    "divergence_bound": 1e8,  # sims.toy.engine.DEFAULT_DIVERGENCE_BOUND
+    "divergence_bound": 1e8,  # loraplus_lab.sims.toy.engine.DEFAULT_DIVERGENCE_BOUND
     "chunk": 64,
     "memory_limit_mb": 4096.0,
 }

@@ -30,8 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from sims.sweep.jobs import Job, expand, versions
-from sims.sweep.spec import SweepSpec
+from loraplus_lab.sims.sweep.jobs import Job, expand, versions
+from loraplus_lab.sims.sweep.spec import SweepSpec
 
 _HASH_KEY = b"loraplus.sha256"
 
@@ -142,7 +142,7 @@ class Store:
 
     def spec(self) -> SweepSpec:
         """The spec, parsed again from the stored ``spec.toml``."""
-        from sims.sweep.spec import parse_spec
+        from loraplus_lab.sims.sweep.spec import parse_spec
 
         return parse_spec((self.path / "spec.toml").read_text(), str(self.path / "spec.toml"))
 
@@ -209,7 +209,7 @@ class Store:
         """Every job of the stored spec, in order (toy sweeps, or real-model grids)."""
         d = self.spec_dict()
         if d.get("kind") == "finetune-grid":
-            from sims.realmodels.grid import jobs_from_dict
+            from loraplus_lab.sims.realmodels.grid import jobs_from_dict
 
             return jobs_from_dict(d, str(self.path))
         return expand(self.spec())

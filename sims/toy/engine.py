@@ -19,7 +19,7 @@ Three paths, one arithmetic for the statistics:
 - several samples: the width-sized products are one GEMM per seed over all configurations and
   the optimizers torch's (fused Adam/AdamW) kernels, one step at a time;
 - one sample: ``∂L/∂A`` is an outer product; Adam/AdamW run the compiled kernel of
-  :mod:`sims.toy.kernels`, which also sums ``Z_A`` and the Gram matrix of ``[A; ΔA]``;
+  :mod:`loraplus_lab.sims.toy.kernels`, which also sums ``Z_A`` and the Gram matrix of ``[A; ΔA]``;
 - the paper's toy (one sample, rank 1, one output) with Adam/AdamW: the kernel runs every step of
   each configuration with its state in cache and records ``Z_A``, ``b`` and the Gram matrices;
   the statistics of all steps are then computed at once, bit-identical to the step-by-step path
@@ -39,8 +39,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sims.toy import kernels, workspace
-from sims.toy.optim import (
+from loraplus_lab.sims.toy import kernels, workspace
+from loraplus_lab.sims.toy.optim import (
     KERNEL_OPTIMIZERS,
     OptimizerConfig,
     OptimizerState,
@@ -139,7 +139,8 @@ def run_batch(
             step (``A``, ``B``, ``Z_A``, ``Z_B``, ``delta1..3``, ``dZ_B``, and ``alive``, the
             ``(C, S)`` mask of configurations that have not diverged): tests of the
             decomposition hook in here. A hook forces the step-by-step path.
-        keep_buffers: take the width-sized state from :mod:`sims.toy.workspace` and leave it
+        keep_buffers: take the width-sized state from :mod:`loraplus_lab.sims.toy.workspace` and
+        leave it
             there for the next run of the same shape (default: when there is no ``on_step``,
             which might hold on to the tensors it is given).
         on_progress: called with the number of steps just done (1 after each step, or all of

@@ -15,7 +15,7 @@ tensor broadcast against the parameter (one rate per configuration of the batch)
   default single-tensor path to within a few roundings).
 - :func:`apply_outer_update` is the same rule for a gradient that is an outer product
   ``g·xᵀ`` (one training sample): Adam and AdamW go to the compiled kernel of
-  :mod:`sims.toy.kernels`, which repeats that arithmetic without storing the gradient.
+  :mod:`loraplus_lab.sims.toy.kernels`, which repeats that arithmetic without storing the gradient.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sims.toy import kernels
+from loraplus_lab.sims.toy import kernels
 
 OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
 #: The optimizers :func:`apply_outer_update` runs in the compiled kernel.
@@ -193,11 +193,12 @@ def apply_outer_update(
 
     Shapes: ``param`` and ``step_out`` ``(S, C, r, n)`` contiguous, ``coef`` ``(S, C, r)``,
     ``x`` ``(S, n)``, ``lr`` broadcastable to ``(S, C, 1, 1)``. Adam and AdamW run the compiled
-    kernel of :mod:`sims.toy.kernels` (the gradient is never stored; the arithmetic of torch's
-    fused kernel); GD and sign-GD form the gradient and call :func:`apply_update`. The step taken
-    goes to ``step_out``. For the optimizers of :data:`KERNEL_OPTIMIZERS` the kernel also writes
-    the new features ``A·x`` to ``features_out`` ``(S, C, r)`` and, for ``r = 1``, the Gram matrix
-    of ``[A; ΔA]`` to ``gram_out`` ``(S, C, 3)`` (see :func:`sims.toy.kernels.adam_outer_step`).
+    kernel of :mod:`loraplus_lab.sims.toy.kernels` (the gradient is never stored; the arithmetic of
+    torch's fused kernel); GD and sign-GD form the gradient and call :func:`apply_update`. The step
+    taken goes to ``step_out``. For the optimizers of :data:`KERNEL_OPTIMIZERS` the kernel also
+    writes the new features ``A·x`` to ``features_out`` ``(S, C, r)`` and, for ``r = 1``, the Gram
+    matrix of ``[A; ΔA]`` to ``gram_out`` ``(S, C, 3)`` (see
+    :func:`loraplus_lab.sims.toy.kernels.adam_outer_step`).
     """
     S, C, r, n = param.shape
     if cfg.name not in KERNEL_OPTIMIZERS:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from sims.params import check_init, lora_scale
+from loraplus_lab.sims.params import check_init, lora_scale
 
 if TYPE_CHECKING:
-    from theory.reduced import ReducedToy
+    from loraplus_lab.theory.reduced import ReducedToy
 
 # stream identifiers for np.random.default_rng([seed, stream, row])
 (
@@ -339,7 +339,7 @@ class ToyProblem:
                 "the reduced dynamics need N = m = r = 1, got "
                 f"N={self.samples}, m={self.outputs}, r={self.rank}"
             )
-        from theory.reduced import CoordStats, ReducedToy
+        from loraplus_lab.theory.reduced import CoordStats, ReducedToy
 
         x = self.X[0]
         return ReducedToy(

@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from sims.params import Parametrization
-from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, run_batch
-from sims.toy.optim import OptimizerConfig
-from sims.toy.problem import ToyProblem, one_blas_thread
+from loraplus_lab.sims.params import Parametrization
+from loraplus_lab.sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, run_batch
+from loraplus_lab.sims.toy.optim import OptimizerConfig
+from loraplus_lab.sims.toy.problem import ToyProblem, one_blas_thread
 
 PROBLEMS: dict[str, Callable[..., ToyProblem]] = {
     "paper": ToyProblem.paper,
@@ -93,8 +93,9 @@ def simulate(
     configuration × seed, here 1 × 1), e.g. to check ``ΔZ_B = δ¹ + δ² + δ³`` entry by entry.
 
     Returns a DataFrame with one row per step ``t = 0..steps`` and the columns ``step``, every
-    statistic of :data:`sims.toy.engine.STATS` (``delta1..3`` are the mean of ``|δ¹|``, ``|δ²|``,
-    ``|δ³|`` over samples and outputs, NaN at step 0), ``diverged`` and ``diverged_step``.
+    statistic of :data:`loraplus_lab.sims.toy.engine.STATS` (``delta1..3`` are the mean of
+    ``|δ¹|``, ``|δ²|``, ``|δ³|`` over samples and outputs, NaN at step 0), ``diverged`` and
+    ``diverged_step``.
     """
     if not isinstance(problem, ToyProblem):
         raise ValueError(f"problem must be a ToyProblem, got {type(problem).__name__}")

@@ -40,9 +40,9 @@ output by ``O(η)`` per step at every width).
 
 **Finetuning**: ``A`` and ``B`` only, loss ``L = (1/N) Σ_i ½(f(x_i) − y2_i)²``, Init[A]
 (``B0 = 0``, ``A0 ~ N(0, 1/n)``) or Init[B] (``A0 = 0``, ``B0 ~ N(0, σ_B²)``), any optimizer of
-:mod:`sims.toy.optim` (whose :func:`~sims.toy.optim.apply_update` is the update rule). ``h1``
-and ``W_h h1`` do not change, so they are computed once per width × seed and a step costs
-``O(N·r·n)`` per configuration. Gradients by hand, with ``U = f − y``,
+:mod:`loraplus_lab.sims.toy.optim` (whose :func:`~loraplus_lab.sims.toy.optim.apply_update` is the
+update rule). ``h1`` and ``W_h h1`` do not change, so they are computed once per width × seed and a
+step costs ``O(N·r·n)`` per configuration. Gradients by hand, with ``U = f − y``,
 ``G = ∂L/∂(W_h h1 + Z_B) = (U/N) ⊗ (w_out/n) ∘ 1[h2 > 0]``::
 
     ∂L/∂B = s·Gᵀ Z_A        ∂L/∂A = s·(G B)ᵀ h1
@@ -69,10 +69,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from sims.params import Parametrization, check_init
-from sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, lowrank_norms
-from sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
-from sims.toy.simulate import concat_ordered, tidy_rows
+from loraplus_lab.sims.params import Parametrization, check_init
+from loraplus_lab.sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, lowrank_norms
+from loraplus_lab.sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
+from loraplus_lab.sims.toy.simulate import concat_ordered, tidy_rows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DEFAULT_TEACHER_WIDTH = 32
@@ -529,10 +529,10 @@ def run_finetune(
             the step used) and ``alive``.
 
     Returns:
-        ``{stat: array (steps + 1, C, S)}`` for every name in :data:`sims.toy.engine.STATS`
-        and ``diverged_step`` ``(C, S)`` (−1: never). Rows at and after divergence are NaN; a
-        diverged configuration is frozen (held at ``A = B = 0`` with zero gradient) and the rest
-        of the batch goes on.
+        ``{stat: array (steps + 1, C, S)}`` for every name in
+        :data:`loraplus_lab.sims.toy.engine.STATS` and ``diverged_step`` ``(C, S)`` (−1: never).
+        Rows at and after divergence are NaN; a diverged configuration is frozen (held at ``A = B =
+        0`` with zero gradient) and the rest of the batch goes on.
     """
     S, N, n, r = data.shape
     C = eta_a.shape[0]
@@ -711,11 +711,11 @@ def simulate_twolayer(
 
     Args:
         widths: widths ``n``.
-        parametrizations: rate rules (:class:`sims.params.Parametrization`).
+        parametrizations: rate rules (:class:`loraplus_lab.sims.params.Parametrization`).
         seeds: seeds of teacher, data and student (shared by every parametrization).
         steps: finetuning steps ``T``.
-        optimizer, betas, eps, weight_decay: the finetuning optimizer (:mod:`sims.toy.optim`).
-        rank: LoRA rank ``r``.
+        optimizer, betas, eps, weight_decay: the finetuning optimizer
+        (:mod:`loraplus_lab.sims.toy.optim`). rank: LoRA rank ``r``.
         samples: finetuning training samples ``N``.
         test_samples: held-out samples for ``test_loss`` (0: no test set, ``test_loss`` NaN).
         input_dim: input dimension ``d``.
@@ -732,12 +732,12 @@ def simulate_twolayer(
 
     Returns:
         A tidy DataFrame, one row per width × parametrization × seed × step, with the columns of
-        :func:`sims.toy.simulate_batch` (``width, param, init, c_a, c_b, eta_a_base,
+        :func:`loraplus_lab.sims.toy.simulate_batch` (``width, param, init, c_a, c_b, eta_a_base,
         eta_b_base, eta_a, eta_b, ratio, scale, seed, step``, the statistics of
-        :data:`sims.toy.engine.STATS` measured on the finetuning training inputs, ``test_loss``
-        on the held-out ones, ``diverged``, ``diverged_step``). ``df.attrs["config"]`` holds the
-        full configuration and ``df.attrs["pretrain"]`` the task-1 loss of every width × seed
-        before and after pretraining.
+        :data:`loraplus_lab.sims.toy.engine.STATS` measured on the finetuning training inputs,
+        ``test_loss`` on the held-out ones, ``diverged``, ``diverged_step``).
+        ``df.attrs["config"]`` holds the full configuration and ``df.attrs["pretrain"]`` the task-1
+        loss of every width × seed before and after pretraining.
 
     Note:
         With Adam and Init[A], a fixed-``T`` loss landscape over ``(η_A, η_B)`` is an L-shaped
