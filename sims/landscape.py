@@ -316,3 +316,56 @@ def _ols_slope(x: np.ndarray, y: np.ndarray) -> float:
     if ok.sum() < 2:
         return float("nan")
     return float(np.polyfit(x[ok], y[ok], 1)[0])
+
+
+def find_optimum_scattered(
+    u: np.ndarray,
+    v: np.ndarray,
+    loss: np.ndarray,
+    *,
+    radius: float = 1.0,
+) -> Optimum:
+    """The minimum of a loss known at scattered points ``(u, v)`` of the log2 plane (a coarse
+    grid with a finer patch, lines, …).
+
+    Around the best finite point ``(u0, v0)`` the points with ``|u − u0| ≤ radius`` and
+    ``|v − v0| ≤ radius`` are fitted by least squares with ``a + b·du + c·dv + d·du² + e·dv² +
+    f·du·dv``; the vertex is the optimum when the fit is convex and the vertex lies inside that
+    box, otherwise the best point is (``method = "argmin"``). ``at_edge`` flags a best point with
+    no evaluated point beyond it on one side along ``u`` or ``v`` (then it is a bound, not an
+    estimate). ``loss`` at a quadratic optimum is the fitted value there.
+    """
+    u, v, L = (np.asarray(a, float) for a in (u, v, loss))
+    if not (u.shape == v.shape == L.shape) or u.ndim != 1:
+        raise ValueError("u, v and loss must be 1-D arrays of one length")
+    ok = np.isfinite(u) & np.isfinite(v) & np.isfinite(L)
+    if not ok.any():
+        raise ValueError("every point of the landscape diverged")
+    u, v, L = u[ok], v[ok], L[ok]
+    k = int(np.argmin(L))
+    u0, v0 = u[k], v[k]
+    same_v, same_u = np.isclose(v, v0), np.isclose(u, u0)
+    at_edge = bool(
+        not (u[same_v] < u0).any()
+        or not (u[same_v] > u0).any()
+        or not (v[same_u] < v0).any()
+        or not (v[same_u] > v0).any()
+    )
+    best = Optimum(float(u0), float(v0), float(L[k]), "argmin", at_edge)
+    if at_edge:
+        return best
+    near = (np.abs(u - u0) <= radius + 1e-9) & (np.abs(v - v0) <= radius + 1e-9)
+    du, dv, z = u[near] - u0, v[near] - v0, L[near]
+    if near.sum() < 8 or len(np.unique(du)) < 3 or len(np.unique(dv)) < 3:
+        return best
+    X = np.column_stack([np.ones_like(du), du, dv, du**2, dv**2, du * dv])
+    coef, *_ = np.linalg.lstsq(X, z, rcond=None)
+    a, b, c, d, e, f = coef
+    H = np.array([[2 * d, f], [f, 2 * e]])
+    if not np.all(np.linalg.eigvalsh(H) > 1e-12):
+        return best
+    xu, xv = np.linalg.solve(H, [-b, -c])
+    if abs(xu) > radius or abs(xv) > radius:
+        return best
+    value = a + b * xu + c * xv + d * xu**2 + e * xv**2 + f * xu * xv
+    return Optimum(float(u0 + xu), float(v0 + xv), float(value), "quadratic", False)

@@ -319,7 +319,7 @@ def test_make_optimizer_rates() -> None:
     ("call", "match"),
     [
         (lambda: make_model("bert", 64, seed=0), "unknown arch 'bert'"),
-        (lambda: make_model("gpt2", 32, seed=0), "at least 64, got 32"),
+        (lambda: make_model("gpt2", 32, seed=0), r"at least 64 \(2 heads of 32\), got 32"),
         (lambda: make_model("gpt2", 80, seed=0), "divisible by the head dimension 32, got 80"),
         (lambda: ladder("gpt2", [64, 100]), "divisible"),
         (lambda: lora_model(make_model("gpt2", 64, seed=0), "gpt2", init="C"), "init"),

@@ -46,7 +46,8 @@ from loraplus_lab.sims.params import DEFAULT_N0, check_init
 
 ARCHS = ("gpt2", "llama", "roberta")
 TASKS = ("lm", "classification")
-MIN_WIDTH = 64
+#: A rung has at least this many attention heads (so the narrowest width is ``MIN_HEADS·head_dim``).
+MIN_HEADS = 2
 DEFAULT_HEAD_DIM = 32
 DEFAULT_VOCAB = 256
 DEFAULT_CONTEXT = 64
@@ -77,13 +78,16 @@ def check_arch(arch: str) -> str:
 
 
 def check_width(width: int, head_dim: int = DEFAULT_HEAD_DIM) -> int:
-    """Validate a width: an integer ≥ :data:`MIN_WIDTH` divisible by ``head_dim``."""
+    """Validate a width: a multiple of ``head_dim`` with at least :data:`MIN_HEADS` heads."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
         raise ValueError(f"width must be an integer, got {width!r}")
     if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
         raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}")
-    if width < MIN_WIDTH:
-        raise ValueError(f"width must be at least {MIN_WIDTH}, got {width}")
+    if width < MIN_HEADS * head_dim:
+        raise ValueError(
+            f"width must be at least {MIN_HEADS * head_dim} ({MIN_HEADS} heads of {head_dim}), "
+            f"got {width}"
+        )
     if width % head_dim:
         raise ValueError(f"width must be divisible by the head dimension {head_dim}, got {width}")
     return int(width)
@@ -140,6 +144,8 @@ def make_config(
             n_layer=layers,
             n_head=heads,
             n_inner=4 * width,
+            # GPT-2's tanh-approximate GELU ("gelu_new") as torch's one fused kernel
+            activation_function="gelu_pytorch_tanh",
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

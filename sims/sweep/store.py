@@ -208,6 +208,11 @@ class Store:
     def jobs(self) -> list[Job]:
         """Every job of the stored spec, in order (toy sweeps, or real-model grids)."""
         d = self.spec_dict()
+        if d.get("kind") == "ladder":  # TODO(house): through the job-kind registry
+            from loraplus_lab.sims.realmodels.ladder import KIND_OBJECT
+
+            spec = KIND_OBJECT.load_spec((self.path / "spec.toml").read_text(), str(self.path))
+            return KIND_OBJECT.jobs(spec, self.path)
         if d.get("kind") == "finetune-grid":
             from loraplus_lab.sims.realmodels.grid import jobs_from_dict
 

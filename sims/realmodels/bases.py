@@ -1,0 +1,333 @@
+"""Pretrained width ladders: one base model per width, pretrained on real text, cached and reused.
+
+A base is a rung of a width ladder (:func:`~loraplus_lab.sims.realmodels.ladders.make_model`:
+fixed depth and head dimension, width-consistent initialisation, byte vocabulary) pretrained on a
+corpus (:mod:`~loraplus_lab.sims.realmodels.corpus`) by AdamW with muP-style per-layer rates: a
+hidden matrix of fan-in ``f`` learns at ``lr·n0/f``, embeddings, norms and biases at ``lr``
+(Adam's update of a matrix entry is Θ(lr) whatever the width, so ``n0/f`` keeps a matrix's effect
+on its output Θ(lr) as the fan-in grows: the same ``lr`` suits every width). The rate warms up
+linearly and decays along a cosine to ``lr·final_lr_fraction``; each step draws a fresh batch of
+random windows whose offsets depend only on ``(seed, step)``.
+
+The rule for ``lr`` is therefore one base rate for the whole ladder (muP transfer), fixed in the
+ladder's spec; :func:`pretrain_base` records the training and validation loss so a table per width
+shows whether wider is better, as it should be.
+
+Caching. A base is named by a SHA-256 of everything that determines its weights (the
+:class:`BaseSpec`, the corpus's content hash and :data:`BASE_VERSION`) and kept as
+``CACHE/<arch>-n<width>-<key>/`` in transformers' ``save_pretrained`` layout
+(``config.json``, ``model.safetensors``) plus ``pretrain.json``; a second request loads it.
+Pretraining writes a checkpoint (weights and optimizer state as safetensors, the step in JSON)
+into ``<folder>.partial/`` every ``checkpoint_every`` steps, each file written to a temporary name
+and renamed; after a kill the next call resumes from the last checkpoint, and the result is
+bit-identical to an uninterrupted run (one torch thread; the batches depend only on the step).
+The finished folder appears by one rename, so a folder that exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loraplus_lab.sims.params import DEFAULT_N0
+from loraplus_lab.sims.realmodels import corpus as corpora
+from loraplus_lab.sims.realmodels.ladders import check_arch, check_width, make_model
+
+#: Bump when pretraining's arithmetic changes: cached bases of an older version are not reused.
+BASE_VERSION = 1
+CACHE_ENV = "LORAPLUS_CACHE"
+_SALT_PRETRAIN = 0x50524554  # "PRET": seeds the pretraining batches
+
+
+def default_cache() -> Path:
+    """``$LORAPLUS_CACHE`` if set, else ``~/.cache/loraplus-lab``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "loraplus-lab"
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Everything that determines a pretrained base's weights (with the corpus's content)."""
+
+    arch: str
+    width: int
+    corpus: str = "stdlib-code"
+    layers: int = 2
+    head_dim: int = 16
+    context: int = 64
+    steps: int = 1000
+    batch: int = 16
+    lr: float = 2**-6
+    warmup: int = 50
+    final_lr_fraction: float = 0.1
+    weight_decay: float = 0.0
+    n0: int = DEFAULT_N0
+    seed: int = 0
+    val_windows: int = 256
+
+    def __post_init__(self) -> None:
+        check_arch(self.arch)
+        check_width(self.width, self.head_dim)
+        for name in ("layers", "context", "steps", "batch", "val_windows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"pretraining {name} must be a positive integer, got {v!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(
+                f"pretraining warmup must be a non-negative integer, got {self.warmup!r}"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"pretraining lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError(
+                f"final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction!r}"
+            )
+
+    def key(self, corpus_sha256: str) -> str:
+        """SHA-256 (first 16 hex) of this spec, the corpus content hash and the version."""
+        blob = json.dumps(
+            {"spec": asdict(self), "corpus": corpus_sha256, "version": BASE_VERSION},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def folder(self, cache: Path, corpus_sha256: str) -> Path:
+        """Where the finished base lives."""
+        return Path(cache) / "bases" / f"{self.arch}-n{self.width}-{self.key(corpus_sha256)}"
+
+
+def lr_factor(step: int, total: int, warmup: int, final: float) -> float:
+    """Schedule factor at optimizer step ``step`` (0-based): linear warmup over ``warmup`` steps,
+    then a cosine from 1 down to ``final`` at the last step."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup - 1, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def mup_param_groups(model: nn.Module, lr: float, n0: int) -> list[dict[str, Any]]:
+    """AdamW groups with muP-style rates: hidden and readout matrices ``lr·n0/fan_in``,
+    embeddings, norms and biases ``lr``."""
+    from transformers.pytorch_utils import Conv1D
+
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for mod in model.modules():
+        if isinstance(mod, (nn.Linear, Conv1D)) and mod.weight.requires_grad:
+            fan_in = mod.weight.shape[1] if isinstance(mod, nn.Linear) else mod.weight.shape[0]
+            seen.add(id(mod.weight))
+            groups.append(
+                {"params": [mod.weight], "lr": lr * n0 / fan_in, "base_lr": lr * n0 / fan_in}
+            )
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr": lr, "base_lr": lr})
+    return groups
+
+
+def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats per byte) of each of ``groups`` equal blocks of the
+    batch: ``logits (G·b, L, V)`` for ``tokens (G·b, L)``; returns ``(G,)``."""
+    lg = logits[:, :-1].reshape(-1, logits.shape[-1])
+    if lg.dtype in (torch.float16, torch.bfloat16):
+        lg = lg.float()
+    target = tokens[:, 1:].reshape(-1)
+    return F.cross_entropy(lg, target, reduction="none").view(groups, -1).mean(1)
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, windows: torch.Tensor, *, chunk: int = 64) -> float:
+    """Mean next-token loss of ``model`` over the token ``windows`` (in chunks of rows)."""
+    total, count = 0.0, 0
+    for i in range(0, windows.shape[0], chunk):
+        w = windows[i : i + chunk]
+        loss = lm_loss(model(input_ids=w).logits, w)
+        total += float(loss) * w.shape[0]
+        count += w.shape[0]
+    return total / count
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for pid, st in state["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                meta[f"{pid}.{k}"] = v
+    return tensors, meta
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state = opt.state_dict()
+    new_state: dict[int, dict[str, Any]] = {}
+    for name, v in {**tensors, **meta}.items():
+        pid, _, k = name.partition(".")
+        new_state.setdefault(int(pid), {})[k] = v
+    state["state"] = new_state
+    opt.load_state_dict(state)
+
+
+def _build(spec: BaseSpec) -> nn.Module:
+    return make_model(
+        spec.arch,
+        spec.width,
+        seed=spec.seed,
+        layers=spec.layers,
+        head_dim=spec.head_dim,
+        vocab=corpora.VOCAB,
+        context=spec.context,
+        n0=spec.n0,
+    )
+
+
+def pretrain_base(
+    spec: BaseSpec,
+    *,
+    cache: str | os.PathLike[str] | None = None,
+    corpus: corpora.Corpus | None = None,
+    checkpoint_every: int = 100,
+    progress: Callable[[int, int], None] | None = None,
+    stop_after: int | None = None,
+) -> Path:
+    """The folder of the pretrained base of ``spec`` (pretrained now unless cached).
+
+    Args:
+        spec: the base.
+        cache: cache root (default :func:`default_cache`).
+        corpus: the loaded corpus ``spec.corpus`` (loaded here when not given).
+        checkpoint_every: steps between checkpoints of an unfinished run.
+        progress: called with ``(step, steps)`` after each step.
+        stop_after: stop (leaving the checkpoint) after this many steps of this call — for tests
+            of resumption; the folder is then not finished.
+
+    Returns:
+        The finished folder, loadable with :func:`load_base` (or ``from_pretrained``).
+    """
+    cache = Path(cache) if cache is not None else default_cache()
+    corpus = corpus if corpus is not None else corpora.load_corpus(spec.corpus)
+    if corpus.name != spec.corpus:
+        raise ValueError(f"corpus {corpus.name!r} given for a base of {spec.corpus!r}")
+    folder = spec.folder(cache, corpus.sha256)
+    if (folder / "pretrain.json").is_file():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    model = _build(spec)
+    opt = torch.optim.AdamW(
+        mup_param_groups(model, spec.lr, spec.n0),
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=spec.weight_decay,
+    )
+    start, losses, seconds = 0, [], 0.0
+    if (partial / "state.json").is_file():
+        from safetensors.torch import load_file
+
+        state = json.loads((partial / "state.json").read_text())
+        model.load_state_dict(load_file(str(partial / "model.safetensors")))
+        _load_optimizer(opt, load_file(str(partial / "optimizer.safetensors")), state["optimizer"])
+        start, losses, seconds = state["step"], state["losses"], state["seconds"]
+    val = torch.from_numpy(corpora.fixed_windows(corpus.val, spec.context, spec.val_windows))
+    model.train()
+    t0 = time.perf_counter()
+    done_here = 0
+    for step in range(start, spec.steps):
+        factor = lr_factor(step, spec.steps, spec.warmup, spec.final_lr_fraction)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        batch = torch.from_numpy(
+            corpora.random_windows(
+                corpus.train, spec.context, spec.batch, (spec.seed, _SALT_PRETRAIN, step)
+            )
+        )
+        loss = lm_loss(model(input_ids=batch).logits, batch)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        done_here += 1
+        if progress is not None:
+            progress(step + 1, spec.steps)
+        last = step + 1 == spec.steps
+        stopping = stop_after is not None and done_here >= stop_after
+        if not last and ((step + 1) % checkpoint_every == 0 or stopping):
+            tensors, meta = _optimizer_tensors(opt)
+            _atomic_safetensors(partial / "model.safetensors", model.state_dict())
+            _atomic_safetensors(partial / "optimizer.safetensors", tensors)
+            _atomic_json(
+                partial / "state.json",
+                {
+                    "step": step + 1,
+                    "losses": losses,
+                    "optimizer": meta,
+                    "seconds": seconds + time.perf_counter() - t0,
+                },
+            )
+        if stopping and not last:
+            return partial
+    model.eval()
+    record = {
+        "spec": asdict(spec),
+        "version": BASE_VERSION,
+        "key": spec.key(corpus.sha256),
+        **corpus.describe(),
+        "train_loss": losses,
+        "final_train_loss": float(np.mean(losses[-max(1, spec.steps // 20) :])),
+        "val_loss": eval_loss(model, val),
+        "seconds": seconds + time.perf_counter() - t0,
+        "torch": torch.__version__,
+    }
+    staging = folder.with_name(folder.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    _atomic_json(staging / "pretrain.json", record)
+    os.replace(staging, folder)
+    shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def load_base(folder: str | os.PathLike[str]) -> nn.Module:
+    """A pretrained base from its folder (eval mode, float32, every parameter frozen)."""
+    from loraplus_lab.sims.realmodels.models import load_model
+
+    model = load_model(folder, task="causal-lm")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def base_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The pretraining record (``pretrain.json``) of a finished base."""
+    return json.loads((Path(folder) / "pretrain.json").read_text())

@@ -1,0 +1,400 @@
+"""What a ladder's landscapes say: optimal rates per width, their scaling with intervals, the
+best equal-rate and fixed-ratio runs, and LoRA+'s speed-up — all from the tidy store rows.
+
+Per width, the landscape is the final validation loss (step ``T``) of every rate pair, averaged
+over seeds. The optimum ``(log2 η_A*, log2 η_B*)`` is located by
+:func:`~loraplus_lab.sims.landscape.find_optimum_scattered` (a quadratic fit around the best run,
+the grid's refinement patch included); ``λ* = η_B*/η_A*``. Three references come from the lines:
+tuned plain LoRA (the best run with ``η_A = η_B``), LoRA+ as practised (the best run with
+``η_B = λ·η_A`` at the spec's λ, ``η_A`` tuned) and the ``B``-only baseline (the best run with
+``η_A = 0``). Losses are compared through the finetuning gain ``L_before − L*`` (``L_before``: the
+base's validation loss on the finetuning corpus, before any step): a gap of 0.1 means a run gave
+up a tenth of the gain the best run achieved.
+
+Intervals are percentile bootstraps over seeds that **re-find everything in every resample**:
+the seeds are drawn with replacement (the same draw at every width), the seed-mean landscapes are
+recomputed, the optimum is located afresh, the tuned runs are re-selected, and the statistic
+(a slope across widths, a speed-up) is recomputed. The point estimate uses all seeds.
+
+Speed-up: with ``L_target`` the final loss of tuned LoRA, the steps LoRA+ needs to reach it are
+read off its seed-mean validation curve (linear interpolation between evaluations); the speed-up
+is ``T / steps``. A curve that never reaches the target gives no speed-up (NaN), and the fraction
+of resamples in which it is reached is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from loraplus_lab.sims.landscape import find_optimum_scattered
+
+#: The theory's slopes against log2 n (LoRA+ scaling: η_A* ∝ 1/n, η_B* ∝ 1, λ* ∝ n).
+PREDICTED = {"log2_eta_a": -1.0, "log2_eta_b": 0.0, "log2_ratio": 1.0}
+#: Half-width of the window around a predicted slope that counts as agreement.
+TOLERANCE = 0.3
+
+
+@dataclass(frozen=True)
+class Landscapes:
+    """The final losses of one ladder, as arrays: ``loss[w][s, c]`` for width index ``w``,
+    seed ``s`` and configuration ``c`` (``u[c] = log2 η_A``, ``-inf`` for ``η_A = 0``;
+    ``v[c] = log2 η_B``); ``curves[w][s, c, e]`` the validation loss at evaluation ``e``
+    (``steps[e]``); NaN where a run diverged or is missing."""
+
+    widths: np.ndarray
+    seeds: np.ndarray
+    steps: np.ndarray
+    u: list[np.ndarray]
+    v: list[np.ndarray]
+    loss: list[np.ndarray]
+    curves: list[np.ndarray]
+    before: np.ndarray
+    extras: list[pd.DataFrame]
+
+
+def landscapes(df: pd.DataFrame) -> Landscapes:
+    """Arrange the ``part == "finetune"`` rows of a ladder store (every width must have the
+    same seeds)."""
+    ft = df[df["part"] == "finetune"] if "part" in df.columns else df
+    if ft.empty:
+        raise ValueError("the results hold no finetuning run")
+    widths = np.sort(ft["width"].unique())
+    seeds = np.sort(ft["seed"].unique())
+    steps = np.sort(ft["step"].unique())
+    T = steps.max()
+    us, vs, losses, curves, extras = [], [], [], [], []
+    before = np.empty(len(widths))
+    for i, w in enumerate(widths):
+        g = ft[ft["width"] == w]
+        if set(g["seed"].unique()) != set(seeds):
+            raise ValueError(f"width {w} lacks some seeds: every width needs the same seeds")
+        pts = g[["eta_a", "eta_b"]].drop_duplicates().sort_values(["eta_a", "eta_b"])
+        key = list(zip(pts["eta_a"], pts["eta_b"], strict=True))
+        index = {k: j for j, k in enumerate(key)}
+        c = np.array([index[k] for k in zip(g["eta_a"], g["eta_b"], strict=True)])
+        s = np.searchsorted(seeds, g["seed"].to_numpy())
+        e = np.searchsorted(steps, g["step"].to_numpy())
+        C = np.full((len(seeds), len(key), len(steps)), np.nan)
+        vals = np.where(g["diverged"].to_numpy(dtype=bool), np.nan, g["val_loss"].to_numpy(float))
+        C[s, c, e] = vals
+        with np.errstate(divide="ignore"):
+            us.append(np.log2(pts["eta_a"].to_numpy(float)))
+        vs.append(np.log2(pts["eta_b"].to_numpy(float)))
+        curves.append(C)
+        losses.append(C[:, :, -1] if steps[-1] == T else C[:, :, np.searchsorted(steps, T)])
+        b = g.loc[g["step"] == 0, "val_loss"].to_numpy(float)
+        before[i] = float(np.nanmedian(b)) if b.size else np.nan
+        last = g[g["step"] == T].copy()
+        last["c"] = c[(g["step"] == T).to_numpy()]
+        extras.append(last)
+    return Landscapes(widths, seeds, steps, us, vs, losses, curves, before, extras)
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(np.asarray(idx, dtype=int), minlength=n).astype(float)
+
+
+def _mean(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mean over the first axis (seeds) with weights ``w``; NaN where a seed of positive
+    weight is NaN (a configuration that diverged for one seed counts as diverged)."""
+    x = np.moveaxis(values, 0, -1)
+    bad = ~np.isfinite(x[..., w > 0]).all(-1)
+    out = (np.where(np.isfinite(x), x, 0.0) * w).sum(-1) / w.sum()
+    return np.where(bad, np.nan, out)
+
+
+@dataclass(frozen=True)
+class _Best:
+    index: int
+    loss: float
+
+
+def _best_on(mask: np.ndarray, mean: np.ndarray) -> _Best | None:
+    m = np.where(mask & np.isfinite(mean), mean, np.inf)
+    if not np.isfinite(m).any():
+        return None
+    k = int(np.argmin(m))
+    return _Best(k, float(mean[k]))
+
+
+def line_masks(u: np.ndarray, v: np.ndarray, ratio: float | None) -> dict[str, np.ndarray]:
+    """Which configurations lie on the equal-rate line, the fixed-ratio line, the ``B``-only line
+    and the two-rate landscape (every run that trains ``A``)."""
+    out = {
+        "equal": np.isclose(u, v, atol=1e-6),
+        "b_only": ~np.isfinite(u),
+        "landscape": np.isfinite(u),
+    }
+    out["ratio"] = (
+        np.isclose(v - u, math.log2(ratio), atol=1e-6) & np.isfinite(u)
+        if ratio
+        else np.zeros_like(u, dtype=bool)
+    )
+    return out
+
+
+def _optimum(u: np.ndarray, v: np.ndarray, mean: np.ndarray):  # noqa: ANN202
+    m = np.isfinite(u)
+    return find_optimum_scattered(u[m], v[m], mean[m])
+
+
+def _hit(curve: np.ndarray, steps: np.ndarray, target: float) -> float:
+    """First step at which ``curve`` reaches ``target`` (linear interpolation), or NaN."""
+    ok = np.isfinite(curve)
+    c, s = curve[ok], steps[ok]
+    below = np.flatnonzero(c <= target)
+    if below.size == 0:
+        return float("nan")
+    k = below[0]
+    if k == 0:
+        return float(s[0])
+    c0, c1 = c[k - 1], c[k]
+    return float(s[k - 1] + (s[k] - s[k - 1]) * (c0 - target) / (c0 - c1))
+
+
+def width_summary(L: Landscapes, i: int, w: np.ndarray, ratio: float | None) -> dict[str, float]:
+    """Every per-width quantity for seed weights ``w`` (all ones: the point estimate)."""
+    u, v = L.u[i], L.v[i]
+    mean = _mean(L.loss[i], w)
+    masks = line_masks(u, v, ratio)
+    opt = _optimum(u, v, mean)
+    before = L.before[i]
+    best = _best_on(masks["landscape"], mean)
+    out: dict[str, float] = {
+        "log2_eta_a": opt.u,
+        "log2_eta_b": opt.v,
+        "log2_ratio": opt.v - opt.u,
+        "opt_loss": opt.loss,
+        "opt_method": opt.method,
+        "at_edge": opt.at_edge,
+        "loss_before": before,
+        "best_loss": best.loss if best else np.nan,
+        "_best_index": best.index if best else -1,
+        "best_log2_eta_a": u[best.index] if best else np.nan,
+        "best_log2_eta_b": v[best.index] if best else np.nan,
+    }
+    gain = before - out["best_loss"]
+    out["gain"] = gain
+    T = L.steps[-1]
+    curves = _mean(L.curves[i], w)  # (configs, evals)
+    for name in ("equal", "ratio", "b_only"):
+        b = _best_on(masks[name], mean)
+        out[f"{name}_loss"] = b.loss if b else np.nan
+        out[f"{name}_log2_eta_a"] = u[b.index] if b else np.nan
+        out[f"{name}_log2_eta_b"] = v[b.index] if b else np.nan
+        out[f"{name}_gap"] = (b.loss - out["best_loss"]) / gain if b and gain > 0 else np.nan
+        out[f"_{name}_index"] = b.index if b else -1
+    # speed-up of the fixed-ratio line (LoRA+) over tuned LoRA
+    ie, ir = int(out["_equal_index"]), int(out["_ratio_index"])
+    if ie >= 0 and ir >= 0:
+        target = out["equal_loss"]
+        t = _hit(curves[ir], L.steps, target)
+        out["steps_to_target"] = t
+        out["speedup"] = T / t if t > 0 else np.nan
+        out["ratio_vs_equal"] = (out["equal_loss"] - out["ratio_loss"]) / out["equal_loss"]
+    else:
+        out["steps_to_target"] = out["speedup"] = out["ratio_vs_equal"] = np.nan
+    # near-optimal set relative to the gain
+    near = masks["landscape"] & np.isfinite(mean) & (mean - out["best_loss"] <= 0.05 * gain)
+    out["near_optimal"] = int(near.sum())
+    out["near_span_eta_a"] = float(np.ptp(u[near])) if near.any() else np.nan
+    out["near_span_eta_b"] = float(np.ptp(v[near])) if near.any() else np.nan
+    return out
+
+
+def _weights_all(n: int) -> np.ndarray:
+    return np.ones(n)
+
+
+def optima_table(L: Landscapes, ratio: float | None) -> pd.DataFrame:
+    """Per width, the point estimates of :func:`width_summary`, and how far ``A`` moved at the
+    optimum and at tuned LoRA (``a_change``) and how much of their gain needs ``A`` to move
+    (``gain_through_a = (L(A_0, B_T) − L(A_T, B_T)) / (L_before − L(A_T, B_T))``, mean over
+    seeds)."""
+    rows = []
+    for i, width in enumerate(L.widths):
+        r = width_summary(L, i, _weights_all(len(L.seeds)), ratio)
+        ex = L.extras[i]
+        for tag, idx in (("best", int(r["_best_index"])), ("equal", int(r["_equal_index"]))):
+            if idx < 0:
+                continue
+            e = ex[ex["c"] == idx]
+            r[f"{tag}_a_change"] = float(e["a_change"].mean())
+            through_a = (e["val_loss_a0"] - e["val_loss"]) / (L.before[i] - e["val_loss"])
+            r[f"{tag}_gain_through_a"] = float(through_a.mean())
+        rows.append({"width": int(width), **{k: v for k, v in r.items() if not k.startswith("_")}})
+    return pd.DataFrame(rows)
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(x[ok], y[ok], 1)[0])
+
+
+def verdict(slope: float, low: float, high: float, predicted: float, tol: float = TOLERANCE) -> str:
+    """``agrees``: the estimate lies within ``predicted ± tol`` and so does part of its
+    interval; ``differs``: the whole interval lies outside that window; else ``inconclusive``."""
+    if not np.isfinite(slope):
+        return "no data"
+    lo_w, hi_w = predicted - tol, predicted + tol
+    if np.isfinite(low) and np.isfinite(high) and (high < lo_w or low > hi_w):
+        return "differs"
+    if lo_w <= slope <= hi_w:
+        return "agrees"
+    return "inconclusive"
+
+
+def scaling_fits(
+    L: Landscapes,
+    ratio: float | None = None,
+    *,
+    n_boot: int = 999,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Slopes against ``log2 n`` of ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` and of the
+    speed-up's ``log2``, with percentile intervals from the free bootstrap over seeds, the
+    predicted slopes and a verdict (:func:`verdict`)."""
+    if len(L.widths) < 2:
+        raise ValueError(f"scaling fits need at least two widths, got {len(L.widths)}")
+    x = np.log2(L.widths.astype(float))
+    keys = ["log2_eta_a", "log2_eta_b", "log2_ratio"]
+    S = len(L.seeds)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        w = _weights(idx, S)
+        vals = np.array([[width_summary(L, i, w, ratio)[k] for i in range(len(x))] for k in keys])
+        return np.array([_slope(x, row) for row in vals])
+
+    point = statistic(np.arange(S))
+    low = high = np.full(len(keys), np.nan)
+    if S >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (np.arange(S),),
+                statistic,
+                n_resamples=n_boot,
+                vectorized=False,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    rows = []
+    for k, key in enumerate(keys):
+        rows.append(
+            {
+                "quantity": key,
+                "slope": float(point[k]),
+                "ci_low": float(low[k]),
+                "ci_high": float(high[k]),
+                "predicted": PREDICTED[key],
+                "verdict": verdict(point[k], low[k], high[k], PREDICTED[key]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def per_width_intervals(
+    L: Landscapes,
+    ratio: float | None,
+    keys: Sequence[str] = ("log2_eta_a", "log2_eta_b", "log2_ratio", "speedup", "ratio_vs_equal"),
+    *,
+    n_boot: int = 999,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per width and quantity: the point estimate and a percentile interval from the free
+    bootstrap over seeds; for the speed-up also the fraction of resamples in which LoRA+ reached
+    tuned LoRA's final loss (``reached``)."""
+    S = len(L.seeds)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, S, size=(n_boot, S))
+    rows = []
+    for i, width in enumerate(L.widths):
+        point = width_summary(L, i, np.ones(S), ratio)
+        boot = [width_summary(L, i, _weights(d, S), ratio) for d in draws]
+        for key in keys:
+            vals = np.array([b[key] for b in boot], dtype=float)
+            fin = vals[np.isfinite(vals)]
+            a = (1 - confidence) / 2
+            lo, hi = np.quantile(fin, [a, 1 - a]) if fin.size >= 10 else (np.nan, np.nan)
+            rows.append(
+                {
+                    "width": int(width),
+                    "quantity": key,
+                    "value": float(point[key]),
+                    "ci_low": float(lo),
+                    "ci_high": float(hi),
+                    "reached": float(np.isfinite(vals).mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def curves_table(L: Landscapes, ratio: float | None) -> pd.DataFrame:
+    """Seed-mean validation curves (with the standard error over seeds) of tuned LoRA, LoRA+ at
+    the spec's λ with ``η_A`` tuned, the best two-rate run and the best ``B``-only run, per
+    width."""
+    rows = []
+    S = len(L.seeds)
+    for i, width in enumerate(L.widths):
+        r = width_summary(L, i, np.ones(S), ratio)
+        picks = {
+            "LoRA (tuned η)": int(r["_equal_index"]),
+            f"LoRA+ (λ = {ratio:g}, tuned η_A)" if ratio else "LoRA+": int(r["_ratio_index"]),
+            "best (η_A, η_B)": int(r["_best_index"]),
+            "B only (A frozen)": int(r["_b_only_index"]),
+        }
+        for name, c in picks.items():
+            if c < 0:
+                continue
+            C = L.curves[i][:, c, :]
+            m = np.nanmean(C, axis=0)
+            se = np.nanstd(C, axis=0, ddof=1) / math.sqrt(S) if S > 1 else np.zeros_like(m)
+            for e, step in enumerate(L.steps):
+                rows.append(
+                    {
+                        "width": int(width),
+                        "run": name,
+                        "log2_eta_a": float(L.u[i][c]),
+                        "log2_eta_b": float(L.v[i][c]),
+                        "step": int(step),
+                        "val_loss": float(m[e]),
+                        "sem": float(se[e]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def pretrain_table(df: pd.DataFrame, L: Landscapes | None = None) -> pd.DataFrame:
+    """Per width: parameters, final pretraining loss (mean of the last 5 % of steps),
+    validation loss on the pretraining corpus, and — with ``L`` — the base's validation loss on
+    the finetuning corpus before finetuning."""
+    pre = df[df["part"] == "pretrain"]
+    rows = []
+    for w, g in pre.groupby("width"):
+        g = g.sort_values("step")
+        tail = max(1, len(g) // 20)
+        last = g.iloc[-1]
+        row = {
+            "width": int(w),
+            "params": int(last["params"]),
+            "pretrain_train_loss": float(g["train_loss"].iloc[-tail:].mean()),
+            "pretrain_val_loss": float(last["val_loss"]),
+            "pretrain_seconds": float(last["seconds"]),
+        }
+        if L is not None and int(w) in set(L.widths.tolist()):
+            row["finetune_val_loss_before"] = float(L.before[list(L.widths).index(int(w))])
+        rows.append(row)
+    return pd.DataFrame(rows)
