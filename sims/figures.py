@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from loraplus_lab.sims import landscape
 from loraplus_lab.sims.params import Parametrization, preset
+from loraplus_lab.sims.realmodels import ladder_figures
 
 # ----------------------------------------------------------------------------- experiments
 #: The linear teacher–student task of the landscapes (general toy with a latent input space).
@@ -590,6 +591,7 @@ EXPERIMENTS: dict[str, Callable[[bool], pd.DataFrame]] = {
     "reduced_vs_full": collect_reduced_vs_full,
     "rank": collect_rank,
     "twolayer": collect_twolayer,
+    "real_ladder": ladder_figures.collect_real_ladder,
 }
 
 FIGURES: dict[str, FigureSpec] = {
@@ -701,6 +703,34 @@ FIGURES: dict[str, FigureSpec] = {
             "best equal rate show no clean trend at these widths and seeds: the valley's floor "
             "is too flat to pin them down.",
             report_twolayer,
+        ),
+        FigureSpec(
+            "real_landscapes",
+            "real_ladder",
+            ladder_figures.plot_landscapes,
+            "LoRA finetuning landscapes of a GPT-2-shaped width ladder (pretrained on the "
+            "standard library's code, finetuned on pydoc's English prose): the validation loss "
+            "of every (η_A, η_B) run as the fraction of the width's best gain it gives up.",
+            ladder_figures.report,
+        ),
+        FigureSpec(
+            "real_optimal_rates",
+            "real_ladder",
+            ladder_figures.plot_optimal_rates,
+            "The real ladder's optimal η_A*, η_B* and λ* against width, with intervals from a "
+            "bootstrap over seeds that re-finds the optimum in every resample, beside the "
+            "theory's slopes (−1, 0, +1); right: loss against η_A per width, raw and against "
+            "η_A·n/n0.",
+            ladder_figures.report,
+        ),
+        FigureSpec(
+            "real_speedup",
+            "real_ladder",
+            ladder_figures.plot_speedup,
+            "Validation curves of tuned LoRA, LoRA+ at λ = 2^4 with η_A tuned, the best run and "
+            "the B-only baseline; the title gives the steps LoRA+ needs to reach tuned LoRA's "
+            "final loss as a speed-up with its bootstrap interval.",
+            ladder_figures.report,
         ),
         FigureSpec(
             "rank_scaling",

@@ -26,14 +26,12 @@ The finished folder appears by one rename, so a folder that exists is complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,81 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraplus_lab.sims.params import DEFAULT_N0
 from loraplus_lab.sims.realmodels import corpus as corpora
-from loraplus_lab.sims.realmodels.ladders import check_arch, check_width, make_model
+from loraplus_lab.sims.realmodels.ladder_config import (  # noqa: F401 - re-exported
+    BASE_VERSION,
+    CACHE_ENV,
+    BaseSpec,
+    default_cache,
+    lr_factor,
+)
+from loraplus_lab.sims.realmodels.ladders import make_model
 
-#: Bump when pretraining's arithmetic changes: cached bases of an older version are not reused.
-BASE_VERSION = 1
-CACHE_ENV = "LORAPLUS_CACHE"
 _SALT_PRETRAIN = 0x50524554  # "PRET": seeds the pretraining batches
-
-
-def default_cache() -> Path:
-    """``$LORAPLUS_CACHE`` if set, else ``~/.cache/loraplus-lab``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "loraplus-lab"
-
-
-@dataclass(frozen=True)
-class BaseSpec:
-    """Everything that determines a pretrained base's weights (with the corpus's content)."""
-
-    arch: str
-    width: int
-    corpus: str = "stdlib-code"
-    layers: int = 2
-    head_dim: int = 16
-    context: int = 64
-    steps: int = 1000
-    batch: int = 16
-    lr: float = 2**-6
-    warmup: int = 50
-    final_lr_fraction: float = 0.1
-    weight_decay: float = 0.0
-    n0: int = DEFAULT_N0
-    seed: int = 0
-    val_windows: int = 256
-
-    def __post_init__(self) -> None:
-        check_arch(self.arch)
-        check_width(self.width, self.head_dim)
-        for name in ("layers", "context", "steps", "batch", "val_windows"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"pretraining {name} must be a positive integer, got {v!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(
-                f"pretraining warmup must be a non-negative integer, got {self.warmup!r}"
-            )
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"pretraining lr must be a positive number, got {self.lr!r}")
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(
-                f"final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction!r}"
-            )
-
-    def key(self, corpus_sha256: str) -> str:
-        """SHA-256 (first 16 hex) of this spec, the corpus content hash and the version."""
-        blob = json.dumps(
-            {"spec": asdict(self), "corpus": corpus_sha256, "version": BASE_VERSION},
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def folder(self, cache: Path, corpus_sha256: str) -> Path:
-        """Where the finished base lives."""
-        return Path(cache) / "bases" / f"{self.arch}-n{self.width}-{self.key(corpus_sha256)}"
-
-
-def lr_factor(step: int, total: int, warmup: int, final: float) -> float:
-    """Schedule factor at optimizer step ``step`` (0-based): linear warmup over ``warmup`` steps,
-    then a cosine from 1 down to ``final`` at the last step."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    span = max(total - warmup - 1, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
-    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def mup_param_groups(model: nn.Module, lr: float, n0: int) -> list[dict[str, Any]]:

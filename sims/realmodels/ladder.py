@@ -84,8 +84,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loraplus_lab.sims.realmodels.bases import BaseSpec, default_cache
-from loraplus_lab.sims.realmodels.multirate import FinetuneSetup, RateConfig
+from loraplus_lab.sims.realmodels.ladder_config import (
+    BaseSpec,
+    FinetuneSetup,
+    RateConfig,
+    check_width,
+    default_cache,
+)
 from loraplus_lab.sims.sweep.spec import SpecError, _Checker, _pair, _seeds, _widths
 
 try:
@@ -334,7 +339,6 @@ def _range(ck: _Checker, key: str, value: Any) -> list[float]:
 
 def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
     from loraplus_lab.sims.realmodels.corpus import CorpusError, check_corpus_name
-    from loraplus_lab.sims.realmodels.ladders import check_width
 
     ck.keys("", raw, _TOP)
     for key in ("arch", "widths", "seeds", "grid"):

@@ -398,3 +398,130 @@ def pretrain_table(df: pd.DataFrame, L: Landscapes | None = None) -> pd.DataFram
             row["finetune_val_loss_before"] = float(L.before[list(L.widths).index(int(w))])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def finals_table(L: Landscapes, ratio: float | None) -> pd.DataFrame:
+    """Per width × configuration: ``log2 η_A`` (``-inf``: ``A`` frozen), ``log2 η_B``, the
+    seed-mean final loss and ``lost``, the fraction of the width's best gain it gives up."""
+    rows = []
+    S = len(L.seeds)
+    for i, width in enumerate(L.widths):
+        mean = _mean(L.loss[i], np.ones(S))
+        best = width_summary(L, i, np.ones(S), ratio)["best_loss"]
+        gain = L.before[i] - best
+        for c in range(len(mean)):
+            rows.append(
+                {
+                    "width": int(width),
+                    "log2_eta_a": float(L.u[i][c]),
+                    "log2_eta_b": float(L.v[i][c]),
+                    "loss": float(mean[c]),
+                    "lost": float((mean[c] - best) / gain) if gain > 0 else np.nan,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def slices_table(finals: pd.DataFrame, optima: pd.DataFrame) -> pd.DataFrame:
+    """Per width, the runs along ``η_A`` on the row of ``η_B`` values nearest the optimum's
+    ``η_B*`` (the picture of loss against the rate, one curve per width)."""
+    out = []
+    for w, f in finals[np.isfinite(finals["log2_eta_a"])].groupby("width"):
+        v_star = float(optima.loc[optima["width"] == w, "log2_eta_b"].iloc[0])
+        rows_v = f["log2_eta_b"].unique()
+        v = rows_v[np.argmin(np.abs(rows_v - v_star))]
+        out.append(f[np.isclose(f["log2_eta_b"], v)])
+    return pd.concat(out, ignore_index=True) if out else finals.iloc[:0]
+
+
+def analyze(df: pd.DataFrame, ratio: float | None, *, n_boot: int = 999, seed: int = 0) -> dict:
+    """Every table of a ladder's results: ``optima``, ``fits``, ``intervals``, ``curves``,
+    ``finals``, ``slices`` and ``pretrain``."""
+    L = landscapes(df)
+    optima = optima_table(L, ratio)
+    finals = finals_table(L, ratio)
+    return {
+        "optima": optima,
+        "fits": scaling_fits(L, ratio, n_boot=n_boot, seed=seed),
+        "intervals": per_width_intervals(L, ratio, n_boot=n_boot, seed=seed),
+        "curves": curves_table(L, ratio),
+        "finals": finals,
+        "slices": slices_table(finals, optima),
+        "pretrain": pretrain_table(df, L),
+        "seeds": len(L.seeds),
+        "steps": int(L.steps[-1]),
+    }
+
+
+def report(tables: dict, ratio: float | None) -> str:
+    """The numbers a reader needs, as text: per width the optimum, the references and the
+    speed-up with their intervals, then the slopes (free bootstrap over seeds)."""
+    iv = tables["intervals"]
+    lines = [
+        f"Real-model ladder: {tables['seeds']} seeds, T = {tables['steps']} finetuning steps; "
+        "intervals: 95% percentile bootstrap over seeds, optimum and tuned runs re-found in "
+        "every resample.",
+        "",
+        "pretrained bases (validation loss in nats per byte):",
+    ]
+    pre = tables["pretrain"]
+    for r in pre.itertuples():
+        extra = (
+            f", on the finetuning corpus before finetuning {r.finetune_val_loss_before:.3f}"
+            if hasattr(r, "finetune_val_loss_before")
+            else ""
+        )
+        lines.append(
+            f"  n = {r.width:>5}: {r.params:>9,} parameters, pretraining validation "
+            f"{r.pretrain_val_loss:.3f}{extra}"
+        )
+    v = pre.sort_values("width")["pretrain_val_loss"].to_numpy()
+    lines.append(
+        "  wider is better at every step of the ladder"
+        if np.all(np.diff(v) < 0)
+        else "  NOT monotone: a wider base is not better at every step"
+    )
+    lines += ["", "per width (log2 rates; λ* = η_B*/η_A*):"]
+
+    def cell(w: int, key: str, fmt: str) -> str:
+        val, lo, hi = _interval(iv, w, key)
+        if not np.isfinite(val):
+            return "n/a"
+        ci = f" [{lo:{fmt}}, {hi:{fmt}}]" if np.isfinite(lo) else ""
+        return f"{val:{fmt}}{ci}"
+
+    for r in tables["optima"].itertuples():
+        w = int(r.width)
+        edge = " (at the grid's edge: a bound)" if r.at_edge else ""
+        lines.append(
+            f"  n = {w:>5}: η_A* {cell(w, 'log2_eta_a', '+.2f')}, η_B* "
+            f"{cell(w, 'log2_eta_b', '+.2f')}, λ* {cell(w, 'log2_ratio', '+.2f')}{edge}"
+        )
+        lines.append(
+            f"           gain {r.gain:.4f} nats; tuned LoRA gives up {100 * r.equal_gap:.1f}% of "
+            f"it, LoRA+ (λ = {ratio:g}) {100 * r.ratio_gap:.1f}%, B only {100 * r.b_only_gap:.1f}%"
+        )
+        lines.append(
+            f"           LoRA+ speed-up over tuned LoRA {cell(w, 'speedup', '.2f')}×, final loss "
+            f"{cell(w, 'ratio_vs_equal', '+.2%')} lower; ‖A_T−A_0‖/‖A_0‖ at the optimum "
+            f"{r.best_a_change:.2f}, share of its gain that needs A to move "
+            f"{100 * r.best_gain_through_a:.0f}%"
+        )
+    lines += ["", "slopes against log2 n (theory: η_A* −1, η_B* 0, λ* +1; agreement window ±0.3):"]
+    for r in tables["fits"].itertuples():
+        lines.append(
+            f"  log2 {_NAMES_TEXT[r.quantity]}: {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "
+            f"→ {r.verdict}"
+        )
+    return "\n".join(lines)
+
+
+_NAMES_TEXT = {"log2_eta_a": "η_A*", "log2_eta_b": "η_B*", "log2_ratio": "λ*"}
+
+
+def _interval(iv: pd.DataFrame, width: int, key: str) -> tuple[float, float, float]:
+    r = iv[(iv["width"] == width) & (iv["quantity"] == key)]
+    if r.empty:
+        return (np.nan,) * 3
+    r = r.iloc[0]
+    return float(r["value"]), float(r["ci_low"]), float(r["ci_high"])

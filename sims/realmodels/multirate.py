@@ -34,17 +34,16 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from loraplus_lab.sims.params import check_init
 from loraplus_lab.sims.realmodels import corpus as corpora
 from loraplus_lab.sims.realmodels.bases import lm_loss
-from loraplus_lab.sims.realmodels.ladders import DEFAULT_TARGETS, check_arch, lora_model
+from loraplus_lab.sims.realmodels.ladder_config import FinetuneSetup, RateConfig  # noqa: F401
+from loraplus_lab.sims.realmodels.ladders import lora_model
 from loraplus_lab.sims.realmodels.stacked import StackedAdamW, stack_peft_model, stacked_layers
 
 _SALT_FINETUNE = 0x46494E45  # "FINE": seeds the finetuning batches
@@ -61,81 +60,6 @@ COLUMNS = (
     "b_norm",
     "val_loss_a0",
 )
-
-
-@dataclass(frozen=True)
-class FinetuneSetup:
-    """What every run of a landscape shares: LoRA, optimizer, schedule, data and evaluation."""
-
-    arch: str = "gpt2"
-    r: int = 8
-    alpha: float = 8.0
-    targets: tuple[str, ...] | None = None
-    init: str = "A"
-    steps: int = 100
-    batch: int = 4
-    context: int = 64
-    warmup: int = 10
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    eval_every: int = 10
-    eval_windows: int = 64
-    divergence_factor: float = 2.0
-    targets_resolved: tuple[str, ...] = field(init=False, default=())
-
-    def __post_init__(self) -> None:
-        check_arch(self.arch)
-        check_init(self.init)
-        for name in ("r", "steps", "batch", "context", "eval_every", "eval_windows"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative integer, got {self.warmup!r}")
-        if self.warmup >= self.steps:
-            raise ValueError(f"warmup ({self.warmup}) must be shorter than steps ({self.steps})")
-        if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-        if not (self.divergence_factor > 1):
-            raise ValueError(f"divergence_factor must exceed 1, got {self.divergence_factor!r}")
-        targets = tuple(self.targets) if self.targets else DEFAULT_TARGETS[self.arch]
-        object.__setattr__(self, "targets_resolved", targets)
-
-    def lr_factor(self, step: int) -> float:
-        """Schedule factor of optimizer step ``step`` (0-based)."""
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        return (self.steps - step) / (self.steps - self.warmup)
-
-    def eval_steps(self) -> list[int]:
-        """Steps after which the validation loss is measured (0 = before training)."""
-        out = list(range(0, self.steps, self.eval_every))
-        return out + [self.steps] if out[-1] != self.steps else out
-
-    def to_dict(self) -> dict:
-        """JSON-friendly fields (the resolved targets included)."""
-        d = asdict(self)
-        d["targets"] = list(self.targets_resolved)
-        d.pop("targets_resolved")
-        d["betas"] = list(self.betas)
-        return d
-
-
-@dataclass(frozen=True)
-class RateConfig:
-    """One run's rates: ``η_A`` on every ``A`` (0: ``A`` frozen) and ``η_B`` on every ``B``."""
-
-    eta_a: float
-    eta_b: float
-
-    def __post_init__(self) -> None:
-        for name in ("eta_a", "eta_b"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-        if self.eta_b <= 0:
-            raise ValueError(f"eta_b must be positive, got {self.eta_b!r}")
 
 
 def batch_tokens(stream: np.ndarray, setup: FinetuneSetup, seed: int, step: int) -> torch.Tensor:

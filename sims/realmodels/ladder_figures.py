@@ -1,0 +1,176 @@
+"""The real-model ladder's figures for the registry (``loraplus-lab figures --only real_...``):
+the experiment (the committed spec ``specs/ladder_gpt2_cpu.toml``, or a tiny one with
+``--fast``), its tables, its plots and its printed report.
+
+The ladder runs into a store under the cache (``$LORAPLUS_CACHE/ladders/NAME-HASH``), so a
+second ``figures`` run, or one interrupted and started again, reuses every finished job; the
+bases are cached there too. Without a cache (a fresh machine) the full experiment takes about an
+hour on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from loraplus_lab.sims.realmodels import ladder_analysis as LA
+from loraplus_lab.sims.realmodels import ladder_plots as LP
+from loraplus_lab.sims.realmodels.ladder import LadderSpec, load_ladder_spec, parse_ladder_spec
+from loraplus_lab.sims.realmodels.ladder_config import default_cache
+
+#: The committed experiment, relative to the repository's root.
+SPEC = Path("specs") / "ladder_gpt2_cpu.toml"
+#: Columns kept in the figure's data file (``figures/data/real_ladder.csv``).
+COLUMNS = (
+    "part",
+    "stage",
+    "width",
+    "seed",
+    "eta_a",
+    "eta_b",
+    "step",
+    "val_loss",
+    "train_loss",
+    "diverged",
+    "a_change",
+    "b_norm",
+    "val_loss_a0",
+    "params",
+    "seconds",
+)
+FAST_SPEC = """
+name = "ladder-fast"
+arch = "gpt2"
+widths = [32, 64]
+layers = 1
+context = 32
+seeds = 2
+chunk = 16
+
+[pretrain]
+steps = 40
+batch = 8
+warmup = 4
+val_windows = 16
+
+[finetune]
+steps = 12
+batch = 4
+warmup = 2
+eval_every = 3
+eval_windows = 8
+
+[grid]
+log2_eta_a = [-10, -6]
+log2_eta_b = [-7, -4]
+step = 2
+refine = 1
+refine_radius = 1
+
+[lines]
+equal = [-8, -4]
+b_only = [-6, -4]
+ratio = 16
+ratio_log2_eta_a = [-10, -8]
+step = 2
+"""
+_TABLES: dict[int, dict] = {}
+
+
+def repository_spec() -> Path:
+    """The committed spec file (in the repository next to the package's folders)."""
+    here = Path(__file__).resolve().parents[2] / SPEC
+    if not here.is_file():
+        raise FileNotFoundError(
+            f"{SPEC} not found: the real-model figures run from a checkout of the repository"
+        )
+    return here
+
+
+def experiment_spec(fast: bool) -> LadderSpec:
+    """The ladder behind the figures: the committed spec, or the tiny one."""
+    return parse_ladder_spec(FAST_SPEC, "<fast>") if fast else load_ladder_spec(repository_spec())
+
+
+def store_path(spec: LadderSpec) -> Path:
+    """Where the figures keep this spec's store (reused across runs)."""
+    h = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return default_cache() / "ladders" / f"{spec.name}-{h}"
+
+
+def collect_real_ladder(fast: bool) -> pd.DataFrame:
+    """Run (or finish) the ladder and return its rows, pretraining curves thinned to every 10th
+    step."""
+    from loraplus_lab.sims.realmodels.ladder import run_ladder
+    from loraplus_lab.sims.sweep.executors import default_workers
+    from loraplus_lab.sims.sweep.store import load
+
+    spec = experiment_spec(fast)
+    out = store_path(spec)
+    run_ladder(spec, out, executor="local", workers=min(2, default_workers()), progress=None)
+    df = load(out)
+    keep = (df["part"] != "pretrain") | (df["step"] % 10 == 0) | df["val_loss"].notna()
+    df = df.loc[keep, [c for c in COLUMNS if c in df.columns]].reset_index(drop=True)
+    df.attrs = {"ratio": spec.lines.get("ratio"), "n0": spec.widths[0], "name": spec.name}
+    return df
+
+
+def _ratio(df: pd.DataFrame) -> float | None:
+    return df.attrs.get("ratio") or 16.0
+
+
+def tables(df: pd.DataFrame) -> dict:
+    """The analysis of ``df`` (computed once per DataFrame and reused by the three figures)."""
+    key = id(df)
+    if key not in _TABLES:
+        _TABLES.clear()
+        n_boot = int(os.environ.get("LORAPLUS_LADDER_BOOT", "999"))
+        _TABLES[key] = LA.analyze(df, _ratio(df), n_boot=n_boot)
+    return _TABLES[key]
+
+
+def _title(df: pd.DataFrame, what: str) -> str:
+    t = tables(df)
+    widths = sorted(df.loc[df["part"] == "finetune", "width"].unique())
+    return (
+        f"{what}: GPT-2-shaped ladder pretrained on stdlib code, LoRA-finetuned on pydoc "
+        f"prose\nwidths {widths[0]}…{widths[-1]}, r = 8, T = {t['steps']}, AdamW, "
+        f"{t['seeds']} seeds"
+    )
+
+
+def plot_landscapes(df: pd.DataFrame) -> Figure:
+    t = tables(df)
+    return LP.plot_real_landscapes(
+        t["finals"], t["optima"], ratio=_ratio(df), title=_title(df, "LoRA finetuning landscapes")
+    )
+
+
+def plot_optimal_rates(df: pd.DataFrame) -> Figure:
+    t = tables(df)
+    n0 = int(min(t["optima"]["width"]))
+    return LP.plot_real_optimal_rates(
+        t["optima"],
+        t["intervals"],
+        t["fits"],
+        t["slices"],
+        n0=n0,
+        title=_title(df, "Optimal rates against width"),
+    )
+
+
+def plot_speedup(df: pd.DataFrame) -> Figure:
+    t = tables(df)
+    return LP.plot_real_speedup(
+        t["curves"], t["intervals"], steps=t["steps"], title=_title(df, "LoRA+ against tuned LoRA")
+    )
+
+
+def report(df: pd.DataFrame) -> str:
+    """The printed numbers (optima, slopes, speed-up with intervals, the bases' table)."""
+    return LA.report(tables(df), _ratio(df))
