@@ -65,6 +65,7 @@ steps = 4
 batch = 2
 warmup = 1
 eval_every = 2
+curve_windows = 3
 eval_windows = 4
 
 [grid]
@@ -184,6 +185,7 @@ def synthetic_rows(
                             "step": step,
                             "diverged": False,
                             "val_loss": 3.0 - (3.0 - final) * frac**0.5,
+                            "final_loss": 3.0 if step == 0 else final if step == T else np.nan,
                             "a_change": 0.5 if step == T else np.nan,
                             "val_loss_a0": final + 0.1 if step == T else np.nan,
                         }

@@ -121,7 +121,7 @@ def test_batched_and_one_at_a_time_agree(base, corpora_pair) -> None:
     assert st["step"].unique().tolist() == SETUP.eval_steps() == [0, 3, 6, 8]
     m = st.merge(one, on=["config", "step"], suffixes=("_s", "_o"))
     assert len(m) == len(st) == len(one)
-    for col in ("val_loss", "train_loss", "a_change", "b_norm", "val_loss_a0"):
+    for col in ("val_loss", "train_loss", "final_loss", "a_change", "b_norm", "val_loss_a0"):
         a, b = m[f"{col}_s"].to_numpy(), m[f"{col}_o"].to_numpy()
         assert np.array_equal(np.isnan(a), np.isnan(b)), col
         ok = ~np.isnan(a)
@@ -131,8 +131,11 @@ def test_batched_and_one_at_a_time_agree(base, corpora_pair) -> None:
     div = st[st["config"] == 3]
     assert div["diverged"].all() and div["diverged_step"].iloc[0] >= 1
     last = st[st["step"] == SETUP.steps].set_index("config")
-    assert last.loc[1, "a_change"] == 0 and last.loc[1, "val_loss_a0"] == last.loc[1, "val_loss"]
-    assert last.loc[0, "val_loss"] < st.loc[st["step"] == 0, "val_loss"].iloc[0]  # it learned
+    assert last.loc[1, "a_change"] == 0 and last.loc[1, "val_loss_a0"] == last.loc[1, "final_loss"]
+    start = st[st["step"] == 0]
+    assert start["final_loss"].nunique() == 1 and start["val_loss"].nunique() == 1  # B0 = 0
+    assert last.loc[0, "final_loss"] < start["final_loss"].iloc[0]  # it learned
+    assert st.loc[st["step"].between(1, SETUP.steps - 1), "final_loss"].isna().all()
     assert (last.loc[[0, 2], "a_change"] > 0).all()
 
 

@@ -47,7 +47,8 @@ Spec format (every key not marked optional is required; values shown are example
     batch = 4
     warmup = 10
     eval_every = 10
-    eval_windows = 64
+    curve_windows = 16           # the validation curve's windows (every eval_every steps)
+    eval_windows = 128           # the final loss's windows (the landscape's value)
     weight_decay = 0.0
 
     [grid]
@@ -135,6 +136,7 @@ _PRETRAIN = (
 )
 _FINETUNE = (
     "corpus",
+    "curve_windows",
     "r",
     "alpha",
     "targets",
@@ -166,7 +168,8 @@ _FINETUNE_DEFAULTS = {
     "batch": 4,
     "warmup": 10,
     "eval_every": 10,
-    "eval_windows": 64,
+    "curve_windows": 16,
+    "eval_windows": 128,
     "weight_decay": 0.0,
 }
 
@@ -256,6 +259,7 @@ class LadderSpec:
             warmup=f["warmup"],
             weight_decay=f["weight_decay"],
             eval_every=f["eval_every"],
+            curve_windows=f["curve_windows"],
             eval_windows=f["eval_windows"],
         )
 
@@ -382,7 +386,7 @@ def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
     )
     if pre["final_lr_fraction"] > 1:
         ck.fail("pretrain.final_lr_fraction", "must lie in [0, 1]", pre["final_lr_fraction"])
-    for k in ("r", "steps", "batch", "eval_every", "eval_windows"):
+    for k in ("r", "steps", "batch", "eval_every", "curve_windows", "eval_windows"):
         ft[k] = ck.integer(f"finetune.{k}", ft[k], 1, "a positive integer")
     ft["warmup"] = ck.integer("finetune.warmup", ft["warmup"], 0, "a non-negative integer")
     if ft["warmup"] >= ft["steps"]:

@@ -16,9 +16,9 @@ the seeds are drawn with replacement (the same draw at every width), the seed-me
 recomputed, the optimum is located afresh, the tuned runs are re-selected, and the statistic
 (a slope across widths, a speed-up) is recomputed. The point estimate uses all seeds.
 
-Speed-up: with ``L_target`` the final loss of tuned LoRA, the steps LoRA+ needs to reach it are
-read off its seed-mean validation curve (linear interpolation between evaluations); the speed-up
-is ``T / steps``. A curve that never reaches the target gives no speed-up (NaN), and the fraction
+Speed-up: with ``L_target`` the last point of tuned LoRA's seed-mean validation curve, the steps
+LoRA+ needs to reach it are read off its own seed-mean curve (linear interpolation between
+evaluations); the speed-up is ``T / steps``. A curve that never reaches the target gives no speed-up (NaN), and the fraction
 of resamples in which it is reached is reported.
 """
 
@@ -43,10 +43,11 @@ TOLERANCE = 0.3
 
 @dataclass(frozen=True)
 class Landscapes:
-    """The final losses of one ladder, as arrays: ``loss[w][s, c]`` for width index ``w``,
-    seed ``s`` and configuration ``c`` (``u[c] = log2 η_A``, ``-inf`` for ``η_A = 0``;
-    ``v[c] = log2 η_B``); ``curves[w][s, c, e]`` the validation loss at evaluation ``e``
-    (``steps[e]``); NaN where a run diverged or is missing."""
+    """The losses of one ladder, as arrays: ``loss[w][s, c]`` the final loss (the landscape's
+    value) for width index ``w``, seed ``s`` and configuration ``c`` (``u[c] = log2 η_A``,
+    ``-inf`` for ``η_A = 0``; ``v[c] = log2 η_B``); ``curves[w][s, c, e]`` the validation curve at
+    evaluation ``e`` (``steps[e]``); ``before[w]`` the base's final-set loss before finetuning;
+    NaN where a run diverged or is missing."""
 
     widths: np.ndarray
     seeds: np.ndarray
@@ -81,18 +82,21 @@ def landscapes(df: pd.DataFrame) -> Landscapes:
         c = np.array([index[k] for k in zip(g["eta_a"], g["eta_b"], strict=True)])
         s = np.searchsorted(seeds, g["seed"].to_numpy())
         e = np.searchsorted(steps, g["step"].to_numpy())
+        dead = g["diverged"].to_numpy(dtype=bool)
         C = np.full((len(seeds), len(key), len(steps)), np.nan)
-        vals = np.where(g["diverged"].to_numpy(dtype=bool), np.nan, g["val_loss"].to_numpy(float))
-        C[s, c, e] = vals
+        C[s, c, e] = np.where(dead, np.nan, g["val_loss"].to_numpy(float))
+        F = np.full((len(seeds), len(key)), np.nan)
+        at_T = (g["step"] == T).to_numpy()
+        F[s[at_T], c[at_T]] = np.where(dead[at_T], np.nan, g["final_loss"].to_numpy(float)[at_T])
         with np.errstate(divide="ignore"):
             us.append(np.log2(pts["eta_a"].to_numpy(float)))
         vs.append(np.log2(pts["eta_b"].to_numpy(float)))
         curves.append(C)
-        losses.append(C[:, :, -1] if steps[-1] == T else C[:, :, np.searchsorted(steps, T)])
-        b = g.loc[g["step"] == 0, "val_loss"].to_numpy(float)
-        before[i] = float(np.nanmedian(b)) if b.size else np.nan
-        last = g[g["step"] == T].copy()
-        last["c"] = c[(g["step"] == T).to_numpy()]
+        losses.append(F)
+        b = g.loc[g["step"] == 0, "final_loss"].to_numpy(float)
+        before[i] = float(np.nanmedian(b)) if np.isfinite(b).any() else np.nan
+        last = g[at_T].copy()
+        last["c"] = c[at_T]
         extras.append(last)
     return Landscapes(widths, seeds, steps, us, vs, losses, curves, before, extras)
 
@@ -194,7 +198,7 @@ def width_summary(L: Landscapes, i: int, w: np.ndarray, ratio: float | None) -> 
     # speed-up of the fixed-ratio line (LoRA+) over tuned LoRA
     ie, ir = int(out["_equal_index"]), int(out["_ratio_index"])
     if ie >= 0 and ir >= 0:
-        target = out["equal_loss"]
+        target = curves[ie, -1]  # tuned LoRA's last point, on the curve's own windows
         t = _hit(curves[ir], L.steps, target)
         out["steps_to_target"] = t
         out["speedup"] = T / t if t > 0 else np.nan
@@ -227,7 +231,7 @@ def optima_table(L: Landscapes, ratio: float | None) -> pd.DataFrame:
                 continue
             e = ex[ex["c"] == idx]
             r[f"{tag}_a_change"] = float(e["a_change"].mean())
-            through_a = (e["val_loss_a0"] - e["val_loss"]) / (L.before[i] - e["val_loss"])
+            through_a = (e["val_loss_a0"] - e["final_loss"]) / (L.before[i] - e["final_loss"])
             r[f"{tag}_gain_through_a"] = float(through_a.mean())
         rows.append({"width": int(width), **{k: v for k, v in r.items() if not k.startswith("_")}})
     return pd.DataFrame(rows)

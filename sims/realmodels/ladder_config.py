@@ -126,7 +126,10 @@ def lr_factor(step: int, total: int, warmup: int, final: float) -> float:
 
 @dataclass(frozen=True)
 class FinetuneSetup:
-    """What every run of a landscape shares: LoRA, optimizer, schedule, data and evaluation."""
+    """What every run of a landscape shares: LoRA, optimizer, schedule, data and evaluation.
+
+    Evaluation: the validation curve on ``curve_windows`` fixed windows every ``eval_every``
+    steps; the final loss (and the loss before finetuning) on ``eval_windows`` windows."""
 
     arch: str = "gpt2"
     r: int = 8
@@ -141,14 +144,23 @@ class FinetuneSetup:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     eval_every: int = 10
-    eval_windows: int = 64
+    curve_windows: int = 16
+    eval_windows: int = 128
     divergence_factor: float = 2.0
     targets_resolved: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         check_arch(self.arch)
         check_init(self.init)
-        for name in ("r", "steps", "batch", "context", "eval_every", "eval_windows"):
+        for name in (
+            "r",
+            "steps",
+            "batch",
+            "context",
+            "eval_every",
+            "curve_windows",
+            "eval_windows",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")

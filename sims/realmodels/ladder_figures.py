@@ -63,7 +63,8 @@ steps = 12
 batch = 4
 warmup = 2
 eval_every = 3
-eval_windows = 8
+curve_windows = 8
+eval_windows = 16
 
 [grid]
 log2_eta_a = [-10, -6]

@@ -9,15 +9,20 @@ rates: a landscape's cells are paired comparisons. The optimizer is AdamW with `
 one schedule: linear warmup over ``warmup`` steps (factor ``(t+1)/warmup``), then linear decay to
 0 at step ``steps``, so every run ends at a low rate as real finetuning does.
 
-What is recorded, in tidy rows (one per configuration × evaluation step): the validation loss
-(mean next-byte cross-entropy in nats over fixed windows of the corpus's validation split, the
-same windows for every run) at step 0, every ``eval_every`` steps and at the end; the mean
-training loss since the previous evaluation; and, on the last row of a run, how far the adapters
-moved: ``a_change = ‖A_T − A_0‖/‖A_0‖`` and ``b_norm = ‖B_T‖`` (Frobenius norms over every LoRA
-layer together) and ``val_loss_a0``, the validation loss with every ``A`` put back to ``A_0`` (``B``
-kept), which measures what ``A``'s movement is worth: ``val_loss_a0 − val_loss`` is the part of the
-gain that needs ``A`` to have moved (the δ¹ and δ³ terms of the feature update), the rest is what
-``B`` learned on the initial random features ``A_0·x`` (δ²).
+What is recorded, in tidy rows (one per configuration × evaluation step), all losses being mean
+next-byte cross-entropies in nats over fixed windows of the corpus's validation split (the same
+windows for every run):
+
+- ``val_loss``: the validation curve, on ``curve_windows`` windows, at step 0, every
+  ``eval_every`` steps and at the end; ``train_loss``: the mean training loss since the
+  previous evaluation;
+- ``final_loss``: on the larger set of ``eval_windows`` windows, before finetuning (step 0: the
+  base's loss) and at the end (the landscape's value);
+- on the last row of a run, how far the adapters moved: ``a_change = ‖A_T − A_0‖/‖A_0‖`` and
+  ``b_norm = ‖B_T‖`` (Frobenius norms over every LoRA layer together), and ``val_loss_a0``, the
+  final loss with every ``A`` put back to ``A_0`` (``B`` kept): ``val_loss_a0 − final_loss`` is the
+  part of the gain that needs ``A`` to have moved (the δ¹ and δ³ terms of the feature update), the
+  rest is what ``B`` learned on the initial random features ``A_0·x`` (δ²).
 
 A run diverges when its training loss is not finite or exceeds ``divergence_factor`` times the
 loss at step 0; it is then frozen, recorded with ``diverged = True`` and the step it happened at,
@@ -26,7 +31,8 @@ and its later losses are NaN. The other runs of a batch are unaffected.
 The batched path runs ``K`` configurations as one model
 (:mod:`~loraplus_lab.sims.realmodels.stacked`); the one-at-a-time path is PEFT's model with
 ``torch.optim.AdamW``. They compute the same thing (the tests check them against each other in
-float64 to 1e-9 and report the float32 difference).
+float64 to 1e-9; in float32 they differ by the summation order of the batched products, about
+1e-6 relative).
 """
 
 from __future__ import annotations
@@ -54,12 +60,14 @@ COLUMNS = (
     "step",
     "val_loss",
     "train_loss",
+    "final_loss",
     "diverged",
     "diverged_step",
     "a_change",
     "b_norm",
     "val_loss_a0",
 )
+_RECORDED = COLUMNS[:7]
 
 
 def batch_tokens(stream: np.ndarray, setup: FinetuneSetup, seed: int, step: int) -> torch.Tensor:
@@ -69,9 +77,13 @@ def batch_tokens(stream: np.ndarray, setup: FinetuneSetup, seed: int, step: int)
     )
 
 
-def validation_tokens(stream: np.ndarray, setup: FinetuneSetup) -> torch.Tensor:
-    """The fixed validation windows: ``(eval_windows, context)`` byte tokens."""
-    return torch.from_numpy(corpora.fixed_windows(stream, setup.context, setup.eval_windows))
+def validation_tokens(stream: np.ndarray, setup: FinetuneSetup) -> tuple[torch.Tensor, ...]:
+    """The fixed validation windows: the curve's ``(curve_windows, context)`` and the final
+    loss's ``(eval_windows, context)`` byte tokens."""
+    return tuple(
+        torch.from_numpy(corpora.fixed_windows(stream, setup.context, n))
+        for n in (setup.curve_windows, setup.eval_windows)
+    )
 
 
 def _peft(base: nn.Module, setup: FinetuneSetup, seed: int, dtype: torch.dtype) -> nn.Module:
@@ -90,17 +102,52 @@ def _peft(base: nn.Module, setup: FinetuneSetup, seed: int, dtype: torch.dtype) 
 
 
 @torch.no_grad()
-def _stacked_val(
-    model: nn.Module, val: torch.Tensor, K: int, chunk_tokens: int = 1 << 15
-) -> torch.Tensor:
-    """Validation loss of each of the ``K`` stacked configurations."""
-    rows = max(1, chunk_tokens // (K * val.shape[1]))
+def _loss(model: nn.Module, windows: torch.Tensor, K: int = 1, rows: int = 64) -> torch.Tensor:
+    """Validation loss of each of the ``K`` stacked configurations (``K = 1``: a plain model),
+    over ``windows`` in chunks of ``rows`` windows; float64 ``(K,)``."""
     total = torch.zeros(K, dtype=torch.float64)
-    for i in range(0, val.shape[0], rows):
-        w = val[i : i + rows]
-        loss = lm_loss(model(input_ids=w.repeat(K, 1)).logits, w.repeat(K, 1), K)
-        total += loss.double() * w.shape[0]
-    return total / val.shape[0]
+    for i in range(0, windows.shape[0], rows):
+        w = windows[i : i + rows].repeat(K, 1)
+        total += lm_loss(model(input_ids=w).logits, w, K).double() * (w.shape[0] // K)
+    return total / windows.shape[0]
+
+
+class _Rows:
+    """Collects the recorded columns of the rows."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {c: [] for c in _RECORDED}
+
+    def add(self, **values: object) -> None:
+        for c in _RECORDED:
+            self.cols[c].append(values[c])
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.cols)
+
+
+def _finish(
+    df: pd.DataFrame,
+    setup: FinetuneSetup,
+    diverged: np.ndarray,
+    diverged_step: np.ndarray,
+    a_change: np.ndarray,
+    b_norm: np.ndarray,
+    loss_a0: np.ndarray,
+) -> pd.DataFrame:
+    """Per-run columns: the divergence flag and step on every row of a run, the movement and
+    A-reset loss on its last row (NaN for a diverged run)."""
+    c = df["config"].to_numpy()
+    df["diverged"] = diverged[c]
+    df["diverged_step"] = diverged_step[c]
+    last = (df["step"] == setup.steps).to_numpy()
+    for name, values in (("a_change", a_change), ("b_norm", b_norm), ("val_loss_a0", loss_a0)):
+        col = np.full(len(df), np.nan)
+        col[last] = np.where(diverged, np.nan, values)[c[last]]
+        df[name] = col
+    for name in ("val_loss", "train_loss", "final_loss"):
+        df.loc[diverged[c] & (df["step"] >= diverged_step[c]).to_numpy(), name] = np.nan
+    return df[list(COLUMNS)]
 
 
 def finetune_rates(
@@ -132,7 +179,10 @@ def finetune_rates(
     if not configs:
         raise ValueError("no rate configuration to run")
     K = len(configs)
-    model = stack_peft_model(_peft(base, setup, seed, dtype), K)
+    peft = _peft(base, setup, seed, dtype)
+    curve, final = validation_tokens(corpus.val, setup)
+    before = float(_loss(peft, final)[0])  # B0 = 0: every configuration starts at the base
+    model = stack_peft_model(peft, K)
     layers = [lay for _, lay in stacked_layers(model)]
     eta_a = [c.eta_a for c in configs]
     eta_b = [c.eta_b for c in configs]
@@ -141,42 +191,39 @@ def finetune_rates(
         groups += [(lay.lora_A, eta_a), (lay.lora_B, eta_b)]
     opt = StackedAdamW(groups, betas=setup.betas, eps=setup.eps, weight_decay=setup.weight_decay)
     A0 = [lay.lora_A.detach().clone() for lay in layers]
-    val = validation_tokens(corpus.val, setup)
     evals = set(setup.eval_steps())
     alive = torch.ones(K, dtype=torch.bool)
-    diverged_step = torch.full((K,), -1, dtype=torch.long)
-    rows: dict[str, list] = {c: [] for c in COLUMNS[:8]}
+    diverged_step = np.full(K, -1)
+    rows = _Rows()
     train_sum = torch.zeros(K, dtype=torch.float64)
     train_count = 0
     loss0 = None
 
-    def record(step: int, val_loss: torch.Tensor, train: torch.Tensor | None) -> None:
+    def record(step: int, curve_loss: torch.Tensor, train: torch.Tensor | None, fin) -> None:
         for k in range(K):
-            dead = not bool(alive[k])
-            rows["config"].append(k)
-            rows["eta_a"].append(eta_a[k])
-            rows["eta_b"].append(eta_b[k])
-            rows["step"].append(step)
-            rows["val_loss"].append(float("nan") if dead else float(val_loss[k]))
-            rows["train_loss"].append(float("nan") if dead or train is None else float(train[k]))
-            rows["diverged"].append(dead)
-            rows["diverged_step"].append(int(diverged_step[k]))
+            rows.add(
+                config=k,
+                eta_a=eta_a[k],
+                eta_b=eta_b[k],
+                step=step,
+                val_loss=float(curve_loss[k]),
+                train_loss=float("nan") if train is None else float(train[k]),
+                final_loss=float("nan") if fin is None else float(fin[k]),
+            )
 
-    record(0, _stacked_val(model, val, K), None)
+    record(0, _loss(model, curve, K), None, [before] * K)
     for step in range(setup.steps):
-        tokens = batch_tokens(corpus.train, setup, seed, step)
-        tokensK = tokens.repeat(K, 1)
+        tokens = batch_tokens(corpus.train, setup, seed, step).repeat(K, 1)
         with torch.enable_grad():
-            per_config = lm_loss(model(input_ids=tokensK).logits, tokensK, K)
+            per_config = lm_loss(model(input_ids=tokens).logits, tokens, K)
             opt.zero_grad()
             torch.where(alive, per_config, torch.zeros_like(per_config)).sum().backward()
         losses = per_config.detach().double()
-        if loss0 is None:
-            loss0 = losses.clone()
+        loss0 = losses.clone() if loss0 is None else loss0
         bad = alive & (~torch.isfinite(losses) | (losses > setup.divergence_factor * loss0))
         if bad.any():
             alive &= ~bad
-            diverged_step[bad] = step + 1
+            diverged_step[bad.numpy()] = step + 1
             for s in opt.slots:  # freeze the diverged configurations from now on
                 s.lr[bad] = 0.0
                 if s.param.grad is not None:
@@ -187,33 +234,25 @@ def finetune_rates(
         if progress is not None:
             progress(step + 1, setup.steps)
         if step + 1 in evals:
-            record(step + 1, _stacked_val(model, val, K), train_sum / train_count)
+            last = step + 1 == setup.steps
+            fin = _loss(model, final, K) if last else None
+            record(step + 1, _loss(model, curve, K), train_sum / train_count, fin)
             train_sum.zero_()
             train_count = 0
-    # how far the adapters moved, and what A's movement is worth
-    with torch.no_grad():
-        a_num = sum(
-            (lay.lora_A - a0).flatten(1).pow(2).sum(1) for lay, a0 in zip(layers, A0, strict=True)
-        )
+    with torch.no_grad():  # how far the adapters moved, and what A's movement is worth
+        pairs = list(zip(layers, A0, strict=True))
+        a_num = sum((lay.lora_A - a0).flatten(1).pow(2).sum(1) for lay, a0 in pairs)
         a_den = sum(a0.flatten(1).pow(2).sum(1) for a0 in A0)
-        a_change = (a_num / a_den).sqrt().double()
-        b_norm = sum(lay.lora_B.flatten(1).pow(2).sum(1) for lay in layers).sqrt().double()
+        a_change = (a_num / a_den).sqrt().double().numpy()
+        b_norm = sum(lay.lora_B.flatten(1).pow(2).sum(1) for lay in layers).sqrt().double().numpy()
         moved = [lay.lora_A.detach().clone() for lay in layers]
-        for lay, a0 in zip(layers, A0, strict=True):
+        for lay, a0 in pairs:
             lay.lora_A.copy_(a0)
-        val_a0 = _stacked_val(model, val, K)
+        loss_a0 = _loss(model, final, K).numpy()
         for lay, a in zip(layers, moved, strict=True):
             lay.lora_A.copy_(a)
-    df = pd.DataFrame(rows)
-    df["diverged"] = ~alive.numpy()[df["config"].to_numpy()]  # a run's flag, on all its rows
-    df["diverged_step"] = diverged_step.numpy()[df["config"].to_numpy()]
-    last = df["step"] == setup.steps
-    for name, values in (("a_change", a_change), ("b_norm", b_norm), ("val_loss_a0", val_a0)):
-        col = np.full(len(df), np.nan)
-        vals = np.where(alive.numpy(), values.numpy(), np.nan)
-        col[last.to_numpy()] = vals[df.loc[last, "config"].to_numpy()]
-        df[name] = col
-    return df[list(COLUMNS)]
+    diverged = ~alive.numpy()
+    return _finish(rows.frame(), setup, diverged, diverged_step, a_change, b_norm, loss_a0)
 
 
 def finetune_one(
@@ -241,39 +280,28 @@ def finetune_one(
     if config.eta_a > 0:
         groups.insert(0, {"params": a_params, "lr": config.eta_a, "base_lr": config.eta_a})
     opt = torch.optim.AdamW(
-        groups,
-        betas=setup.betas,
-        eps=setup.eps,
-        weight_decay=setup.weight_decay,
-        foreach=False,
+        groups, betas=setup.betas, eps=setup.eps, weight_decay=setup.weight_decay, foreach=False
     )
     A0 = [p.detach().clone() for p in a_params]
-    val = validation_tokens(corpus.val, setup)
+    curve, final = validation_tokens(corpus.val, setup)
     evals = set(setup.eval_steps())
-    rows: dict[str, list] = {c: [] for c in COLUMNS[:8]}
+    rows = _Rows()
 
-    def val_loss() -> float:
-        with torch.no_grad():
-            return float(lm_loss(model(input_ids=val).logits, val)[0].double())
-
-    def record(step: int, v: float, train: float) -> None:
-        for name, value in (
-            ("config", 0),
-            ("eta_a", config.eta_a),
-            ("eta_b", config.eta_b),
-            ("step", step),
-            ("val_loss", v),
-            ("train_loss", train),
-            ("diverged", False),
-            ("diverged_step", -1),
-        ):
-            rows[name].append(value)
+    def record(step: int, train: float, fin: float) -> None:
+        rows.add(
+            config=0,
+            eta_a=config.eta_a,
+            eta_b=config.eta_b,
+            step=step,
+            val_loss=float(_loss(model, curve)[0]),
+            train_loss=train,
+            final_loss=fin,
+        )
 
     if model_hook is not None:
         model_hook(model)
-    record(0, val_loss(), float("nan"))
-    loss0 = None
-    train_sum, train_count, dead_at = 0.0, 0, -1
+    record(0, float("nan"), float(_loss(model, final)[0]))
+    loss0, train_sum, train_count, dead_at = None, 0.0, 0, -1
     for step in range(setup.steps):
         tokens = batch_tokens(corpus.train, setup, seed, step)
         loss = lm_loss(model(input_ids=tokens).logits, tokens)[0]
@@ -292,29 +320,27 @@ def finetune_one(
         train_sum += value
         train_count += 1
         if step + 1 in evals:
-            record(step + 1, val_loss(), train_sum / train_count)
+            last = step + 1 == setup.steps
+            record(
+                step + 1,
+                train_sum / train_count,
+                float(_loss(model, final)[0]) if last else math.nan,
+            )
             train_sum, train_count = 0.0, 0
-    df = pd.DataFrame(rows)
+    df = rows.frame()
     if dead_at >= 0:
-        rest = [s for s in setup.eval_steps() if s > df["step"].max()]
-        extra = pd.DataFrame(
-            {
-                "config": 0,
-                "eta_a": config.eta_a,
-                "eta_b": config.eta_b,
-                "step": rest,
-                "val_loss": np.nan,
-                "train_loss": np.nan,
-                "diverged": True,
-                "diverged_step": dead_at,
-            }
-        )
-        df = pd.concat([df, extra], ignore_index=True)
-        df["diverged"] = True
-        df["diverged_step"] = dead_at
-        for name in ("a_change", "b_norm", "val_loss_a0"):
-            df[name] = np.nan
-        return df[list(COLUMNS)]
+        for step in (s for s in setup.eval_steps() if s > df["step"].max()):
+            rows.add(
+                config=0,
+                eta_a=config.eta_a,
+                eta_b=config.eta_b,
+                step=step,
+                val_loss=math.nan,
+                train_loss=math.nan,
+                final_loss=math.nan,
+            )
+        nan = np.array([np.nan])
+        return _finish(rows.frame(), setup, np.array([True]), np.array([dead_at]), nan, nan, nan)
     with torch.no_grad():
         a_change = math.sqrt(
             sum(float((p - a0).double().pow(2).sum()) for p, a0 in zip(a_params, A0, strict=True))
@@ -324,11 +350,15 @@ def finetune_one(
         moved = [p.detach().clone() for p in a_params]
         for p, a0 in zip(a_params, A0, strict=True):
             p.copy_(a0)
-        v_a0 = val_loss()
+        loss_a0 = float(_loss(model, final)[0])
         for p, a in zip(a_params, moved, strict=True):
             p.copy_(a)
-    last = df["step"] == setup.steps
-    df["a_change"] = np.where(last, a_change, np.nan)
-    df["b_norm"] = np.where(last, b_norm, np.nan)
-    df["val_loss_a0"] = np.where(last, v_a0, np.nan)
-    return df[list(COLUMNS)]
+    return _finish(
+        df,
+        setup,
+        np.array([False]),
+        np.array([-1]),
+        np.array([a_change]),
+        np.array([b_norm]),
+        np.array([loss_a0]),
+    )
