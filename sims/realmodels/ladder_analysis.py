@@ -18,8 +18,8 @@ recomputed, the optimum is located afresh, the tuned runs are re-selected, and t
 
 Speed-up: with ``L_target`` the last point of tuned LoRA's seed-mean validation curve, the steps
 LoRA+ needs to reach it are read off its own seed-mean curve (linear interpolation between
-evaluations); the speed-up is ``T / steps``. A curve that never reaches the target gives no speed-up (NaN), and the fraction
-of resamples in which it is reached is reported.
+evaluations); the speed-up is ``T / steps``. A curve that never reaches the target gives no
+speed-up (NaN), and the fraction of resamples in which it is reached is reported.
 """
 
 from __future__ import annotations
