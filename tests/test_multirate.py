@@ -163,3 +163,17 @@ def test_setup_and_rates_are_checked() -> None:
         RateConfig(-1e-3, 1e-3)
     s = FinetuneSetup(steps=10, warmup=2)
     assert [s.lr_factor(t) for t in (0, 1, 2, 9)] == pytest.approx([0.5, 1.0, 1.0, 0.125])
+
+
+def test_bfloat16_runs_under_autocast_with_float32_adapters(base, corpora_pair) -> None:
+    """bfloat16: the products run under autocast, adapters and optimizer state stay float32, and
+    the losses follow the float32 run closely."""
+    _, prose = corpora_pair
+    f32 = finetune_rates(base, SETUP, CONFIGS[:2], seed=0, corpus=prose)
+    bf16 = finetune_rates(base, SETUP, CONFIGS[:2], seed=0, corpus=prose, dtype=torch.bfloat16)
+    assert np.isfinite(bf16["val_loss"]).all()
+    np.testing.assert_allclose(bf16["val_loss"], f32["val_loss"], rtol=3e-2)
+    one = finetune_one(base, SETUP, CONFIGS[0], seed=0, corpus=prose, dtype=torch.bfloat16)
+    np.testing.assert_allclose(
+        one["val_loss"], bf16.loc[bf16["config"] == 0, "val_loss"], rtol=3e-2
+    )

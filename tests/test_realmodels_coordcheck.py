@@ -370,7 +370,9 @@ def test_gpu_check_smoke(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
-    assert {"coordcheck", "throughput", "device"} <= report.keys()
+    assert {"coordcheck", "throughput", "ladder", "device"} <= report.keys()
+    assert "error" not in report["ladder"] and report["ladder"]["runs"] > 0
+    assert (tmp_path / "ladder_report.txt").read_text().startswith("Real-model ladder")
     assert report["throughput"]["step_time_ratio_loraplus_over_lora"] > 0
     assert list(tmp_path.glob("*.png"))
 

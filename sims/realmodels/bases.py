@@ -84,12 +84,18 @@ def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, groups: int = 1) -> torc
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, windows: torch.Tensor, *, chunk: int = 64) -> float:
-    """Mean next-token loss of ``model`` over the token ``windows`` (in chunks of rows)."""
+def eval_loss(
+    model: nn.Module, windows: torch.Tensor, *, chunk: int = 64, ctx: Any = None
+) -> float:
+    """Mean next-token loss of ``model`` over the token ``windows`` (in chunks of rows, under the
+    forward context ``ctx``)."""
+    import contextlib
+
     total, count = 0.0, 0
     for i in range(0, windows.shape[0], chunk):
         w = windows[i : i + chunk]
-        loss = lm_loss(model(input_ids=w).logits, w)
+        with ctx if ctx is not None else contextlib.nullcontext():
+            loss = lm_loss(model(input_ids=w).logits, w)
         total += float(loss) * w.shape[0]
         count += w.shape[0]
     return total / count
@@ -105,7 +111,7 @@ def _atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 
 
@@ -177,7 +183,11 @@ def pretrain_base(
         return folder
     partial = folder.with_name(folder.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    model = _build(spec)
+    device = torch.device(spec.device)
+    from loraplus_lab.sims.realmodels.multirate import precision
+
+    param_dtype, ctx = precision(getattr(torch, spec.dtype), device)
+    model = _build(spec).to(device=device, dtype=param_dtype)
     opt = torch.optim.AdamW(
         mup_param_groups(model, spec.lr, spec.n0),
         betas=(0.9, 0.95),
@@ -189,10 +199,12 @@ def pretrain_base(
         from safetensors.torch import load_file
 
         state = json.loads((partial / "state.json").read_text())
-        model.load_state_dict(load_file(str(partial / "model.safetensors")))
-        _load_optimizer(opt, load_file(str(partial / "optimizer.safetensors")), state["optimizer"])
+        model.load_state_dict(load_file(str(partial / "model.safetensors"), device=str(device)))
+        optim = load_file(str(partial / "optimizer.safetensors"), device=str(device))
+        _load_optimizer(opt, optim, state["optimizer"])
         start, losses, seconds = state["step"], state["losses"], state["seconds"]
     val = torch.from_numpy(corpora.fixed_windows(corpus.val, spec.context, spec.val_windows))
+    val = val.to(device)
     model.train()
     t0 = time.perf_counter()
     done_here = 0
@@ -204,8 +216,9 @@ def pretrain_base(
             corpora.random_windows(
                 corpus.train, spec.context, spec.batch, (spec.seed, _SALT_PRETRAIN, step)
             )
-        )
-        loss = lm_loss(model(input_ids=batch).logits, batch)[0]
+        ).to(device)
+        with ctx:
+            loss = lm_loss(model(input_ids=batch).logits, batch)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -238,7 +251,7 @@ def pretrain_base(
         **corpus.describe(),
         "train_loss": losses,
         "final_train_loss": float(np.mean(losses[-max(1, spec.steps // 20) :])),
-        "val_loss": eval_loss(model, val),
+        "val_loss": eval_loss(model, val, ctx=ctx),
         "seconds": seconds + time.perf_counter() - t0,
         "torch": torch.__version__,
     }

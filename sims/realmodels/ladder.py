@@ -243,6 +243,8 @@ class LadderSpec:
             weight_decay=p["weight_decay"],
             seed=p["seed"],
             val_windows=p["val_windows"],
+            device=self.device,
+            dtype=self.dtype,
         )
 
     def setup(self) -> FinetuneSetup:

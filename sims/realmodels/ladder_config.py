@@ -82,10 +82,14 @@ class BaseSpec:
     n0: int = DEFAULT_N0
     seed: int = 0
     val_windows: int = 256
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_arch(self.arch)
         check_width(self.width, self.head_dim)
+        if self.dtype not in ("float32", "float64", "bfloat16"):
+            raise ValueError(f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
         for name in ("layers", "context", "steps", "batch", "val_windows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -103,9 +107,12 @@ class BaseSpec:
 
     def key(self, corpus_sha256: str) -> str:
         """SHA-256 (first 16 hex) of this spec, the corpus content hash and the version."""
+        spec = asdict(self)
+        for name, default in (("device", "cpu"), ("dtype", "float32")):
+            if spec[name] == default:  # the defaults leave the keys of earlier bases unchanged
+                del spec[name]
         blob = json.dumps(
-            {"spec": asdict(self), "corpus": corpus_sha256, "version": BASE_VERSION},
-            sort_keys=True,
+            {"spec": spec, "corpus": corpus_sha256, "version": BASE_VERSION}, sort_keys=True
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -37,9 +37,11 @@ float64 to 1e-9; in float32 they differ by the summation order of the batched pr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -86,8 +88,21 @@ def validation_tokens(stream: np.ndarray, setup: FinetuneSetup) -> tuple[torch.T
     )
 
 
+def precision(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, Any]:
+    """Parameter dtype and forward context for a computation dtype: float32 and float64 run as
+    they are; bfloat16 keeps float32 parameters (adapters, optimizer state) and runs the forward
+    passes under ``torch.autocast`` (bf16 matrix products), as mixed-precision training does."""
+    if dtype == torch.bfloat16:
+        return torch.float32, torch.autocast(device.type, dtype=torch.bfloat16)
+    return dtype, contextlib.nullcontext()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _peft(base: nn.Module, setup: FinetuneSetup, seed: int, dtype: torch.dtype) -> nn.Module:
-    model = copy.deepcopy(base).to(dtype)
+    model = copy.deepcopy(base).to(precision(dtype, _device(base))[0])
     for p in model.parameters():
         p.requires_grad_(False)
     return lora_model(
@@ -102,13 +117,19 @@ def _peft(base: nn.Module, setup: FinetuneSetup, seed: int, dtype: torch.dtype) 
 
 
 @torch.no_grad()
-def _loss(model: nn.Module, windows: torch.Tensor, K: int = 1, rows: int = 64) -> torch.Tensor:
+def _loss(
+    model: nn.Module, windows: torch.Tensor, K: int = 1, rows: int = 64, ctx: Any = None
+) -> torch.Tensor:
     """Validation loss of each of the ``K`` stacked configurations (``K = 1``: a plain model),
-    over ``windows`` in chunks of ``rows`` windows; float64 ``(K,)``."""
+    over ``windows`` in chunks of ``rows`` windows (under the forward context ``ctx``); float64
+    ``(K,)`` on the CPU."""
     total = torch.zeros(K, dtype=torch.float64)
+    device = _device(model)
     for i in range(0, windows.shape[0], rows):
-        w = windows[i : i + rows].repeat(K, 1)
-        total += lm_loss(model(input_ids=w).logits, w, K).double() * (w.shape[0] // K)
+        w = windows[i : i + rows].repeat(K, 1).to(device)
+        with ctx if ctx is not None else contextlib.nullcontext():
+            loss = lm_loss(model(input_ids=w).logits, w, K)
+        total += loss.double().cpu() * (w.shape[0] // K)
     return total / windows.shape[0]
 
 
@@ -179,9 +200,11 @@ def finetune_rates(
     if not configs:
         raise ValueError("no rate configuration to run")
     K = len(configs)
+    device = _device(base)
+    _, ctx = precision(dtype, device)
     peft = _peft(base, setup, seed, dtype)
     curve, final = validation_tokens(corpus.val, setup)
-    before = float(_loss(peft, final)[0])  # B0 = 0: every configuration starts at the base
+    before = float(_loss(peft, final, ctx=ctx)[0])  # B0 = 0: every configuration starts there
     model = stack_peft_model(peft, K)
     layers = [lay for _, lay in stacked_layers(model)]
     eta_a = [c.eta_a for c in configs]
@@ -192,10 +215,10 @@ def finetune_rates(
     opt = StackedAdamW(groups, betas=setup.betas, eps=setup.eps, weight_decay=setup.weight_decay)
     A0 = [lay.lora_A.detach().clone() for lay in layers]
     evals = set(setup.eval_steps())
-    alive = torch.ones(K, dtype=torch.bool)
+    alive = torch.ones(K, dtype=torch.bool, device=device)
     diverged_step = np.full(K, -1)
     rows = _Rows()
-    train_sum = torch.zeros(K, dtype=torch.float64)
+    train_sum = torch.zeros(K, dtype=torch.float64, device=device)
     train_count = 0
     loss0 = None
 
@@ -211,11 +234,12 @@ def finetune_rates(
                 final_loss=float("nan") if fin is None else float(fin[k]),
             )
 
-    record(0, _loss(model, curve, K), None, [before] * K)
+    record(0, _loss(model, curve, K, ctx=ctx), None, [before] * K)
     for step in range(setup.steps):
-        tokens = batch_tokens(corpus.train, setup, seed, step).repeat(K, 1)
+        tokens = batch_tokens(corpus.train, setup, seed, step).repeat(K, 1).to(device)
         with torch.enable_grad():
-            per_config = lm_loss(model(input_ids=tokens).logits, tokens, K)
+            with ctx:
+                per_config = lm_loss(model(input_ids=tokens).logits, tokens, K)
             opt.zero_grad()
             torch.where(alive, per_config, torch.zeros_like(per_config)).sum().backward()
         losses = per_config.detach().double()
@@ -223,7 +247,7 @@ def finetune_rates(
         bad = alive & (~torch.isfinite(losses) | (losses > setup.divergence_factor * loss0))
         if bad.any():
             alive &= ~bad
-            diverged_step[bad.numpy()] = step + 1
+            diverged_step[bad.cpu().numpy()] = step + 1
             for s in opt.slots:  # freeze the diverged configurations from now on
                 s.lr[bad] = 0.0
                 if s.param.grad is not None:
@@ -235,23 +259,24 @@ def finetune_rates(
             progress(step + 1, setup.steps)
         if step + 1 in evals:
             last = step + 1 == setup.steps
-            fin = _loss(model, final, K) if last else None
-            record(step + 1, _loss(model, curve, K), train_sum / train_count, fin)
+            fin = _loss(model, final, K, ctx=ctx) if last else None
+            record(step + 1, _loss(model, curve, K, ctx=ctx), (train_sum / train_count).cpu(), fin)
             train_sum.zero_()
             train_count = 0
     with torch.no_grad():  # how far the adapters moved, and what A's movement is worth
         pairs = list(zip(layers, A0, strict=True))
         a_num = sum((lay.lora_A - a0).flatten(1).pow(2).sum(1) for lay, a0 in pairs)
         a_den = sum(a0.flatten(1).pow(2).sum(1) for a0 in A0)
-        a_change = (a_num / a_den).sqrt().double().numpy()
-        b_norm = sum(lay.lora_B.flatten(1).pow(2).sum(1) for lay in layers).sqrt().double().numpy()
+        a_change = (a_num / a_den).sqrt().double().cpu().numpy()
+        b_norm = sum(lay.lora_B.flatten(1).pow(2).sum(1) for lay in layers).sqrt()
+        b_norm = b_norm.double().cpu().numpy()
         moved = [lay.lora_A.detach().clone() for lay in layers]
         for lay, a0 in pairs:
             lay.lora_A.copy_(a0)
-        loss_a0 = _loss(model, final, K).numpy()
+        loss_a0 = _loss(model, final, K, ctx=ctx).numpy()
         for lay, a in zip(layers, moved, strict=True):
             lay.lora_A.copy_(a)
-    diverged = ~alive.numpy()
+    diverged = ~alive.cpu().numpy()
     return _finish(rows.frame(), setup, diverged, diverged_step, a_change, b_norm, loss_a0)
 
 
@@ -270,6 +295,8 @@ def finetune_one(
     ``torch.optim.AdamW`` (the reference path; also the one the coordinate-check probe attaches
     to: ``model_hook(model)`` is called once before training, ``step_hook(t, model)`` after every
     step). Returns the same columns (``config`` is 0)."""
+    device = _device(base)
+    _, ctx = precision(dtype, device)
     model = _peft(base, setup, seed, dtype)
     a_params = [p for n, p in model.named_parameters() if "lora_A" in n]
     b_params = [p for n, p in model.named_parameters() if "lora_B" in n]
@@ -293,18 +320,19 @@ def finetune_one(
             eta_a=config.eta_a,
             eta_b=config.eta_b,
             step=step,
-            val_loss=float(_loss(model, curve)[0]),
+            val_loss=float(_loss(model, curve, ctx=ctx)[0]),
             train_loss=train,
             final_loss=fin,
         )
 
     if model_hook is not None:
         model_hook(model)
-    record(0, float("nan"), float(_loss(model, final)[0]))
+    record(0, float("nan"), float(_loss(model, final, ctx=ctx)[0]))
     loss0, train_sum, train_count, dead_at = None, 0.0, 0, -1
     for step in range(setup.steps):
-        tokens = batch_tokens(corpus.train, setup, seed, step)
-        loss = lm_loss(model(input_ids=tokens).logits, tokens)[0]
+        tokens = batch_tokens(corpus.train, setup, seed, step).to(device)
+        with ctx:
+            loss = lm_loss(model(input_ids=tokens).logits, tokens)[0]
         value = float(loss.detach().double())
         loss0 = value if loss0 is None else loss0
         if not math.isfinite(value) or value > setup.divergence_factor * loss0:
@@ -324,7 +352,7 @@ def finetune_one(
             record(
                 step + 1,
                 train_sum / train_count,
-                float(_loss(model, final)[0]) if last else math.nan,
+                float(_loss(model, final, ctx=ctx)[0]) if last else math.nan,
             )
             train_sum, train_count = 0.0, 0
     df = rows.frame()
@@ -350,7 +378,7 @@ def finetune_one(
         moved = [p.detach().clone() for p in a_params]
         for p, a0 in zip(a_params, A0, strict=True):
             p.copy_(a0)
-        loss_a0 = float(_loss(model, final)[0])
+        loss_a0 = float(_loss(model, final, ctx=ctx)[0])
         for p, a in zip(a_params, moved, strict=True):
             p.copy_(a)
     return _finish(
