@@ -505,8 +505,10 @@ def report(tables: dict, ratio: float | None) -> str:
             f"           gain {r.gain:.4f} nats; tuned LoRA gives up {100 * r.equal_gap:.1f}% of "
             f"it, LoRA+ (λ = {ratio:g}) {100 * r.ratio_gap:.1f}%, B only {100 * r.b_only_gap:.1f}%"
         )
+        speed = cell(w, "speedup", ".2f")
+        speed = "not reached" if speed == "n/a" else f"{speed}×"
         lines.append(
-            f"           LoRA+ speed-up over tuned LoRA {cell(w, 'speedup', '.2f')}×, final loss "
+            f"           LoRA+ speed-up over tuned LoRA {speed}, final loss "
             f"{cell(w, 'ratio_vs_equal', '+.2%')} lower; ‖A_T−A_0‖/‖A_0‖ at the optimum "
             f"{r.best_a_change:.2f}, share of its gain that needs A to move "
             f"{100 * r.best_gain_through_a:.0f}%"

@@ -36,6 +36,7 @@ COLUMNS = (
     "step",
     "val_loss",
     "train_loss",
+    "final_loss",
     "diverged",
     "a_change",
     "b_norm",

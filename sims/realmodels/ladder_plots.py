@@ -50,7 +50,9 @@ def plot_real_landscapes(
     lost`` (the fraction of gain given up, NaN if diverged)."""
     widths = sorted(finals["width"].unique())
     n = len(widths)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 0.8, 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, n, figsize=(3.3 * n + 1.2, 4.2), squeeze=False, sharey=True, layout="constrained"
+    )
     norm = LogNorm(vmin=1e-2, vmax=1.0)
     im = None
     for ax, w in zip(axes[0], widths, strict=True):
@@ -113,10 +115,9 @@ def plot_real_landscapes(
         plt.Line2D([], [], color="k", ls=":", label=f"η_B = {ratio:g}·η_A" if ratio else ""),
         plt.Line2D([], [], color="0.6", marker="x", ls="", label="diverged / no gain"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.06, right=0.9, bottom=0.25, top=0.86, wspace=0.08)
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -136,7 +137,7 @@ def plot_real_optimal_rates(
     ``log2 (η_A·n/n0)``: under LoRA+ scaling the curves line up in the right panel.
 
     ``slices``: ``width, log2_eta_a, lost`` (fraction of the gain given up)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.0))
+    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.4), layout="constrained")
     ax = axes[0]
     x = np.log2(optima["width"].to_numpy(float))
     for k, (key, label) in enumerate(_NAMES.items()):
@@ -195,8 +196,7 @@ def plot_real_optimal_rates(
         )
     axes[1].legend(fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -209,7 +209,7 @@ def plot_real_speedup(
     title gives LoRA+'s speed-up ``T / steps to reach it`` with its bootstrap interval."""
     widths = sorted(curves["width"].unique())
     n = len(widths)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 4.2), squeeze=False, layout="constrained")
     for ax, w in zip(axes[0], widths, strict=True):
         c = curves[curves["width"] == w]
         for name, g in c.groupby("run", sort=False):
@@ -247,8 +247,9 @@ def plot_real_speedup(
         ax.grid(True, alpha=0.3)
     axes[0, 0].set_ylabel("validation loss (nats / byte)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.legend(
+        handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, frameon=False
+    )
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+        fig.suptitle(title, fontsize=9)
     return fig
