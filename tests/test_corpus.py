@@ -90,3 +90,23 @@ def test_unknown_names() -> None:
         with pytest.raises(C.CorpusError):
             C.load_corpus(bad)
     assert C.check_corpus_name("hf:wikitext:wikitext-2-raw-v1").startswith("hf:")
+
+
+def test_hugging_face_datasets_use_their_own_splits(monkeypatch) -> None:
+    """``hf:NAME:CONFIG`` reads the dataset's train and validation splits (column ``text``)
+    through ``datasets.load_dataset``; offline here, so the loader is replaced by a stand-in."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load(name, config=None):
+        calls.append((name, config))
+        train = datasets.Dataset.from_dict({"text": ["alpha beta " * 20, "", "gamma " * 30]})
+        val = datasets.Dataset.from_dict({"text": ["delta epsilon " * 10]})
+        return datasets.DatasetDict({"train": train, "validation": val})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    c = C.load_corpus("hf:wikitext:wikitext-2-raw-v1")
+    assert calls == [("wikitext", "wikitext-2-raw-v1")]
+    assert c.documents == (2, 1)  # the empty line is dropped
+    assert c.val.tobytes().startswith(b"delta epsilon")
+    assert b"gamma" in c.train.tobytes() and b"delta" not in c.train.tobytes()

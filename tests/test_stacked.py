@@ -92,3 +92,16 @@ def test_stacking_needs_lora_layers_and_a_positive_stack() -> None:
     peft = lora_model(base, "gpt2", r=2, seed=0)
     with pytest.raises(ValueError, match="positive integer"):
         stack_peft_model(peft, 0)
+
+
+def test_llama_shape_stacks_too() -> None:
+    """Llama's nn.Linear projections (all seven targets) stack like GPT-2's Conv1D."""
+    base = make_model("llama", 32, seed=1, head_dim=16, layers=1, context=8).double()
+    peft = lora_model(copy.deepcopy(base), "llama", r=2, alpha=4, seed=3)
+    stacked = stack_peft_model(copy.deepcopy(peft), 2)
+    assert len(dict(stacked_layers(stacked))) == 7
+    ids = torch.randint(4, 256, (2, 8), generator=torch.Generator().manual_seed(0))
+    out = stacked(input_ids=ids.repeat(2, 1)).logits.view(2, 2, 8, -1)
+    ref = peft(input_ids=ids).logits
+    torch.testing.assert_close(out[0], ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[1], ref, rtol=1e-12, atol=1e-12)
