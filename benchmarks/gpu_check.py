@@ -338,7 +338,12 @@ def ladder(smoke: bool, device: str, out: Path) -> dict[str, Any]:
         (
             "ladder_optimal_rates",
             LP.plot_real_optimal_rates(
-                tables["optima"], tables["intervals"], tables["fits"], tables["slices"], n0=n0
+                tables["optima"],
+                tables["intervals"],
+                tables["fits"],
+                tables["slices"],
+                tables["equal"],
+                n0=n0,
             ),
         ),
         (

@@ -312,7 +312,16 @@ def scaling_fits(
 def per_width_intervals(
     L: Landscapes,
     ratio: float | None,
-    keys: Sequence[str] = ("log2_eta_a", "log2_eta_b", "log2_ratio", "speedup", "ratio_vs_equal"),
+    keys: Sequence[str] = (
+        "log2_eta_a",
+        "log2_eta_b",
+        "log2_ratio",
+        "speedup",
+        "ratio_vs_equal",
+        "equal_gap",
+        "ratio_gap",
+        "b_only_gap",
+    ),
     *,
     n_boot: int = 999,
     confidence: float = 0.95,
@@ -438,9 +447,16 @@ def slices_table(finals: pd.DataFrame, optima: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else finals.iloc[:0]
 
 
+def equal_line_table(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per width, the runs with equal rates ``η_A = η_B`` (plain LoRA's line)."""
+    f = finals[np.isfinite(finals["log2_eta_a"])]
+    return f[np.isclose(f["log2_eta_a"], f["log2_eta_b"])].reset_index(drop=True)
+
+
 def analyze(df: pd.DataFrame, ratio: float | None, *, n_boot: int = 999, seed: int = 0) -> dict:
     """Every table of a ladder's results: ``optima``, ``fits``, ``intervals``, ``curves``,
-    ``finals``, ``slices`` and ``pretrain``."""
+    ``finals``, ``slices`` (along η_A at the best η_B), ``equal`` (the equal-rate line) and
+    ``pretrain``."""
     L = landscapes(df)
     optima = optima_table(L, ratio)
     finals = finals_table(L, ratio)
@@ -451,6 +467,7 @@ def analyze(df: pd.DataFrame, ratio: float | None, *, n_boot: int = 999, seed: i
         "curves": curves_table(L, ratio),
         "finals": finals,
         "slices": slices_table(finals, optima),
+        "equal": equal_line_table(finals),
         "pretrain": pretrain_table(df, L),
         "seeds": len(L.seeds),
         "steps": int(L.steps[-1]),

@@ -161,6 +161,7 @@ def plot_optimal_rates(df: pd.DataFrame) -> Figure:
         t["intervals"],
         t["fits"],
         t["slices"],
+        t["equal"],
         n0=n0,
         title=_title(df, "Optimal rates against width"),
     )

@@ -9,6 +9,7 @@ learned nothing), so widths whose bases differ can share one colour scale.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -121,23 +122,63 @@ def plot_real_landscapes(
     return fig
 
 
+def plot_rate_pictures(
+    slices: pd.DataFrame, equal: pd.DataFrame, *, n0: int, axes: Sequence | None = None
+) -> Figure:
+    """The two pictures of rate transfer, one curve per width, the loss as the fraction of the
+    width's best gain given up. Left, LoRA+ scaling: the runs along ``η_A`` at the best ``η_B``
+    against ``log2 (η_A·n/n0)`` — the curves line up if ``η_A* ∝ 1/n``. Right, equal-rate
+    scaling: the runs with ``η_A = η_B`` against ``log2 (η·n/n0)`` — under the theory their
+    optimum drifts with the width, since no single exponent serves both factors."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.0), layout="constrained")
+    else:
+        fig = axes[0].figure
+    widths = sorted(set(slices["width"]) | set(equal["width"]))
+    colors = dict(zip(widths, plt.cm.viridis(np.linspace(0.1, 0.9, len(widths))), strict=True))
+    for ax, data, what in ((axes[0], slices, "η_A"), (axes[1], equal, "η (= η_A = η_B)")):
+        for w in widths:
+            s = data[data["width"] == w].sort_values("log2_eta_a")
+            if s.empty:
+                continue
+            label = f"n = {w}"
+            if data is slices:
+                label += f" (log2 η_B = {s['log2_eta_b'].iloc[0]:g})"
+            ax.plot(
+                s["log2_eta_a"] + math.log2(w / n0),
+                s["lost"].clip(lower=1e-3),
+                "o-",
+                color=colors[w],
+                ms=3,
+                lw=1.2,
+                label=label,
+            )
+        ax.set_yscale("log")
+        ax.set_ylim(8e-4, 1.5)
+        ax.grid(True, alpha=0.3)
+        ax.set_xlabel(f"log2 ({what} · n/{n0})")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("fraction of the gain given up")
+    axes[0].set_title("LoRA+ scaling: η_A at the best η_B", fontsize=8)
+    axes[1].set_title("equal rates (plain LoRA)", fontsize=8)
+    return fig
+
+
 def plot_real_optimal_rates(
     optima: pd.DataFrame,
     intervals: pd.DataFrame,
     fits: pd.DataFrame,
     slices: pd.DataFrame,
+    equal: pd.DataFrame,
     *,
     n0: int,
     title: str = "",
 ) -> Figure:
     """Left: ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` against ``log2 n`` (per-width free
     bootstrap intervals as bars, the least-squares line, its slope with interval and verdict in
-    the legend, the theory's slope dashed through the mean). Middle and right: the loss along
-    ``η_A`` at each width's best ``η_B`` (a row of the grid), against ``log2 η_A`` and against
-    ``log2 (η_A·n/n0)``: under LoRA+ scaling the curves line up in the right panel.
-
-    ``slices``: ``width, log2_eta_a, lost`` (fraction of the gain given up)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 4.4), layout="constrained")
+    the legend, the theory's slope dashed through the mean). Middle and right:
+    :func:`plot_rate_pictures`."""
+    fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.4), layout="constrained")
     ax = axes[0]
     x = np.log2(optima["width"].to_numpy(float))
     for k, (key, label) in enumerate(_NAMES.items()):
@@ -170,31 +211,7 @@ def plot_real_optimal_rates(
     ax.legend(fontsize=6.5, loc="best")
     ax.grid(True, alpha=0.3)
     ax.set_title("optimum per width (bars: 95% bootstrap over seeds)", fontsize=8)
-    widths = sorted(slices["width"].unique())
-    colors = plt.cm.viridis(np.linspace(0.1, 0.9, len(widths)))
-    for ax, shift in ((axes[1], False), (axes[2], True)):
-        for c, w in zip(colors, widths, strict=True):
-            s = slices[slices["width"] == w].sort_values("log2_eta_a")
-            xs = s["log2_eta_a"] + (math.log2(w / n0) if shift else 0.0)
-            ax.plot(
-                xs,
-                s["lost"].clip(lower=1e-3),
-                "o-",
-                color=c,
-                ms=3,
-                lw=1.2,
-                label=f"n = {w} (log2 η_B = {s['log2_eta_b'].iloc[0]:g})",
-            )
-        ax.set_yscale("log")
-        ax.set_ylim(top=1.5)
-        ax.grid(True, alpha=0.3)
-        ax.set_ylabel("fraction of the gain given up")
-        ax.set_xlabel(f"log2 (η_A · n/{n0})" if shift else "log2 η_A")
-        ax.set_title(
-            "against η_A·n/n0: lines up if η_A* ∝ 1/n" if shift else "against η_A",
-            fontsize=8,
-        )
-    axes[1].legend(fontsize=7)
+    plot_rate_pictures(slices, equal, n0=n0, axes=axes[1:])
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
