@@ -4,11 +4,13 @@
 # Without make, the same steps by hand are in the README.
 PYTHON ?= python3
 VENV ?= .venv
-# torch is installed before the project so that the project's own range installs nothing more.
-# The default is the CPU build from PyTorch's own index (PyPI's Linux wheel pulls in ≈ 2.5 GB of
-# CUDA libraries). On a GPU machine: `make sweep TORCH_INDEX= TORCH_SPEC=torch` (PyPI's build).
+# torch is installed before the project so that the project's own range installs nothing more,
+# from pip's configured index. On Linux, PyPI's torch wheel is the CUDA build (several GB with its
+# CUDA libraries); the CPU build comes from PyTorch's own index:
+#   make sweep TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# On a GPU machine `make sweep TORCH_SPEC=torch` installs the platform's default build.
 TORCH_SPEC ?= torch==2.13.0
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
