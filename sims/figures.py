@@ -707,9 +707,11 @@ FIGURES: dict[str, FigureSpec] = {
             "linear_landscape",
             plot_linear_gap,
             "The best loss with equal rates (tuned on a line four times finer than the grid) "
-            "against the best over (η_A, η_B). Under Adam the gap does NOT grow with width, and "
-            "is negative: equal rates tuned on the fine line beat the grid's best pair at every "
-            "width (the grid is four times coarser). Under Init[A] equal rates can sit at "
+            "against the best over (η_A, η_B). Under Adam the gap does NOT grow with width: its "
+            "point estimates are even negative (equal rates tuned on the fine line, four times "
+            "finer than the grid, beat the grid's best pair), but every interval contains 0 — "
+            "within the seed noise the two are indistinguishable. Under Init[A] equal rates can "
+            "sit at "
             "η ∝ n^-1/2, which is internally unstable (Z_A grows like √n) yet moves the features "
             "through both factors (the companion paper's point), and a linear model does not "
             "pay for the growth of Z_A. Under GD the gap is positive and larger at larger widths "
@@ -743,8 +745,9 @@ FIGURES: dict[str, FigureSpec] = {
             "linear_landscape_gd",
             functools.partial(plot_linear_gap, setup=GD_SETUP),
             "Under GD the best equal-rate loss trails the best pair by much more at the larger "
-            "widths than at 2^7; the gap peaks at 2^11 and is a little smaller at 2^13 (the "
-            "trend over the four widths is upward, not every step). Equal rates must stay below "
+            "widths than at 2^7; the gap peaks at 2^11 and is a little smaller at 2^13, a "
+            "difference well inside the intervals (the trend over the four widths is upward, not "
+            "every step). Equal rates must stay below "
             "the stability edge η ≈ n^-1/2, where the features of Init[A] grow only "
             "geometrically and learn too little in T = 8 steps (at the largest widths almost "
             "nothing: the gap saturates), while LoRA+'s η_A ∝ 1/n, η_B ∝ 1 learns at every "
