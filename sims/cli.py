@@ -422,8 +422,8 @@ def format_table(table, regimes: dict[str, str]) -> str:
             if r.zero:
                 meas = "exactly 0"
             elif math.isfinite(r.slope):
-                ci = f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if math.isfinite(r.ci_low) else ""
-                meas = f"{r.slope:+.2f}{ci}"
+                ci = f" [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if math.isfinite(r.ci_low) else ""
+                meas = f"{r.slope:+.3f}{ci}"
             else:
                 meas = "n/a"
             lines.append(
@@ -717,11 +717,13 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     if len(surfs) < 2:
         raise UsageError("scaling fits need at least two widths; this sweep has one")
     fits = landscape.scaling_fits(surfs)
-    print()
+    print("\n95% bootstrap over seeds; free: the optimum found afresh in every resample; "
+          "anchored: within the full data's basin")  # fmt: skip
     for r in fits.itertuples():
         print(
             f"slope of {r.quantity:<10} vs log2 n: {r.slope:+.2f} "
-            f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]  (predicted {r.predicted:+.0f})"
+            f"free [{r.ci_low:+.2f}, {r.ci_high:+.2f}], anchored "
+            f"[{r.anchored_low:+.2f}, {r.anchored_high:+.2f}]  (predicted {r.predicted:+.0f})"
             if math.isfinite(r.predicted)
             else f"slope of {r.quantity:<10} vs log2 n: {r.slope:+.2f} "
             f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"

@@ -1,12 +1,15 @@
 """Learning-rate landscapes across widths: optima, near-optimal sets and scaling fits.
 
 A landscape is the loss after ``T`` steps over a log2 grid of ``(η_A, η_B)`` at one width,
-averaged over seeds. The theory (DESIGN.md §1) predicts for Adam-type optimizers that the best
+averaged over seeds. The theory predicts for Adam-type optimizers that the best
 ``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio ``λ* = η_B*/η_A*`` grows
 like ``n``, and the best loss reachable with equal rates falls behind the best overall as the
-width grows. This module locates the optimum robustly (a quadratic fit of ``log loss`` in a window
-around the grid minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling
-of the optima against width with bootstrap confidence intervals over seeds.
+width grows (measured on the linear task: under gradient descent it does; under Adam it does
+not, see ``figures/README.md``). This module locates the optimum robustly (a quadratic fit of
+``log loss`` in a window around the grid minimum of a lightly smoothed surface, not a raw
+argmin), and fits the scaling of the optima against width with bootstrap confidence intervals
+over seeds: a free bootstrap that finds the optimum afresh in every resample, and beside it one
+anchored at the basin the full data selects (see :func:`scaling_fits`).
 """
 
 from __future__ import annotations
@@ -237,6 +240,45 @@ def optima_table(surfs: Sequence[Surface], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gap_table(
+    surfs: Sequence[Surface], *, n_boot: int = 200, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Per width: the relative gap ``(L_diag − L*)/L*`` of the best equal-rate loss behind the
+    best grid loss (as in :func:`optima_table`), with a percentile bootstrap interval over
+    seeds (the same resamples at every width). Columns ``width, gap, ci_low, ci_high``."""
+    if not surfs:
+        raise ValueError("no landscapes")
+    seeds = surfs[0].seeds
+
+    def gaps(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        out = np.empty(len(surfs))
+        for k, s in enumerate(surfs):
+            best = float(np.nanmin(s.mean(idx)))
+            diag, _ = s.diagonal(idx)
+            out[k] = (diag - best) / best if best > 0 else np.nan
+        return out
+
+    point = gaps(np.arange(len(seeds)))
+    low = high = np.full(len(surfs), np.nan)
+    if len(seeds) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (np.arange(len(seeds)),),
+                gaps,
+                n_resamples=n_boot,
+                vectorized=False,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    return pd.DataFrame(
+        {"width": [s.width for s in surfs], "gap": point, "ci_low": low, "ci_high": high}
+    )
+
+
 #: The calculus's prediction for the slopes against log2 n (Adam-type optimizers).
 PREDICTED = {"log2_eta_a": -1.0, "log2_eta_b": 0.0, "log2_ratio": 1.0}
 
@@ -250,13 +292,17 @@ def scaling_fits(
     **kwargs,
 ) -> pd.DataFrame:
     """Slopes against ``log2 n`` of ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` and of the relative
-    gap ``(L_diag − L*)/L*`` (a linear fit: the gap can be negative when the finer equal-rate
-    line beats the grid), with percentile bootstrap intervals over seeds (the same
-    resampled seeds at every width), and the predicted slopes.
+    gap ``(L_diag − L*)/L*`` (a linear fit: the gap is negative where the finer equal-rate line
+    beats the grid), with two percentile bootstrap intervals over seeds (the same resampled
+    seeds at every width, the same resamples for both), and the predicted slopes.
 
-    A resample locates each optimum within the basin the full data selects (the local fit starts
-    from the same grid cell): landscapes of Adam have a long valley along ``η_A·η_B ≈ const``,
-    and a resample that jumps to its far end would measure the valley, not the optimum.
+    ``ci_low``, ``ci_high`` — the free bootstrap: every resample finds its optimum afresh, as the
+    full data's was found. Adam's landscapes have a long, nearly flat valley along
+    ``η_A·η_B ≈ const``; where a resample's optimum jumps to another part of it, this interval
+    shows it. ``anchored_low``, ``anchored_high`` — the anchored bootstrap: each resample's
+    optimum is fitted from the grid cell the full data selects (its basin), so it measures the
+    uncertainty of the optimum within that basin only, conditional on the basin being right.
+    For ``gap`` (no optimum is located) both are the same.
     """
     if len(surfs) < 2:
         raise ValueError(f"scaling fits need at least two widths, got {len(surfs)}")
@@ -268,21 +314,23 @@ def scaling_fits(
     keys = ["log2_eta_a", "log2_eta_b", "log2_ratio", "gap"]
     anchors = [find_optimum(s.u, s.v, s.mean(), **kwargs).cell for s in surfs]
 
-    def statistic(idx: np.ndarray, anchored: bool = True) -> np.ndarray:
-        idx = np.asarray(idx, dtype=int)
+    def values(idx: np.ndarray, anchored: bool) -> np.ndarray:
         vals = np.empty((len(keys), len(surfs)))
         for k, s in enumerate(surfs):
             M = s.mean(idx)
-            anchor = anchors[k] if anchored else None
-            opt = find_optimum(s.u, s.v, M, anchor=anchor, **kwargs)
+            opt = find_optimum(s.u, s.v, M, anchor=anchors[k] if anchored else None, **kwargs)
             best = np.nanmin(M)
             diag, _ = s.diagonal(idx)
             gap = (diag - best) / best if best > 0 else np.nan
             vals[:, k] = [opt.u, opt.v, opt.v - opt.u, gap]
         return np.array([_ols_slope(x, row) for row in vals])
 
-    point = statistic(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
-    low = high = np.full(len(keys), np.nan)
+    def statistic(idx: np.ndarray) -> np.ndarray:  # free slopes, then the anchored ones
+        idx = np.asarray(idx, dtype=int)
+        return np.concatenate([values(idx, anchored=False), values(idx, anchored=True)[:3]])
+
+    point = values(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
+    low = high = np.full(len(keys) + 3, np.nan)
     if len(seeds) >= 2:
         with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
             warnings.simplefilter("ignore")
@@ -299,12 +347,15 @@ def scaling_fits(
     rows = []
     for k, key in enumerate(keys):
         pred = PREDICTED.get(key)
+        a = len(keys) + k if k < 3 else k  # the anchored interval's index (gap: the same)
         rows.append(
             {
                 "quantity": key,
                 "slope": float(point[k]),
                 "ci_low": float(low[k]),
                 "ci_high": float(high[k]),
+                "anchored_low": float(low[a]),
+                "anchored_high": float(high[a]),
                 "predicted": pred if pred is not None else float("nan"),
             }
         )

@@ -3,7 +3,10 @@
 A statistic ``v`` scales as ``Θ(n^γ)``; its measured exponent is the least-squares slope of
 ``log2 mean_seeds |v|`` against ``log2 n``. The confidence interval resamples seeds with
 replacement (``scipy.stats.bootstrap``, percentile method). Diverged rows are left out: a
-diverged seed is dropped at the widths where it diverged and kept where it did not.
+diverged seed is dropped at the widths where it diverged and kept where it did not. A verdict
+(:func:`verdict`) reads the interval against the prediction and against a tolerance band around
+it: ``agrees``, ``close`` (a real departure smaller than the tolerance), ``inconclusive`` or
+``differs``.
 """
 
 from __future__ import annotations
@@ -245,17 +248,40 @@ def predicted_exponents(
     return pd.DataFrame(rows)
 
 
+#: The verdicts, from best to worst (see :func:`verdict`).
+VERDICTS = ("agrees", "close", "inconclusive", "differs", "no data")
+_SLACK = 1e-9  # round-off slack when an interval's end meets the prediction or the band
+
+
 def verdict(
     slope: float,
     zero: bool,
     predicted: float,
     *,
+    ci_low: float = float("nan"),
+    ci_high: float = float("nan"),
     n_widths: int = 2,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> str:
-    """``"agrees"`` / ``"differs"`` / ``"no data"`` for a measured slope against a prediction.
+    """A measured slope against a predicted exponent ``γ``, using its interval and a tolerance.
 
-    An exactly-zero prediction (``-inf``) agrees only with values that are exactly zero.
+    With a confidence interval ``[lo, hi]`` the verdict reads it against the prediction and
+    against the band ``[γ − tol, γ + tol]`` of departures too small to matter:
+
+    ``"agrees"``
+        the interval contains ``γ`` and lies inside the band;
+    ``"close"``
+        the interval excludes ``γ`` but lies inside the band: a real departure, smaller than the
+        tolerance (at finite widths, typically a correction that fades as ``n`` grows);
+    ``"inconclusive"``
+        the interval contains ``γ`` but reaches outside the band: too wide to rule out a
+        departure larger than the tolerance;
+    ``"differs"``
+        the interval excludes ``γ`` and reaches outside the band.
+
+    Without an interval (one seed, or a deterministic fit) only the point is judged: ``"agrees"``
+    within the tolerance, else ``"differs"``. An exactly-zero prediction (``-inf``) agrees only
+    with values that are exactly zero; ``"no data"`` when fewer than two widths have data.
     """
     if zero:
         return "agrees" if predicted == -np.inf else "differs"
@@ -263,17 +289,32 @@ def verdict(
         return "no data"
     if predicted == -np.inf:
         return "differs"
-    return "agrees" if abs(slope - predicted) <= tolerance else "differs"
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "agrees" if abs(slope - predicted) <= tolerance + _SLACK else "differs"
+    covers = ci_low - _SLACK <= predicted <= ci_high + _SLACK
+    inside = predicted - tolerance - _SLACK <= ci_low and ci_high <= predicted + tolerance + _SLACK
+    if covers:
+        return "agrees" if inside else "inconclusive"
+    return "close" if inside else "differs"
 
 
 def compare(
     fits: pd.DataFrame, predictions: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE
 ) -> pd.DataFrame:
-    """Join measured slopes and predicted exponents and add a ``verdict`` per row."""
+    """Join measured slopes and predicted exponents and add a ``verdict`` per row
+    (:func:`verdict`, from the slope, its interval and ``tolerance``)."""
     on = [c for c in ("param", "step", "quantity") if c in fits.columns]
     out = fits.merge(predictions, on=on, how="left")
     out["verdict"] = [
-        verdict(r.slope, r.zero, r.predicted, n_widths=r.n_widths, tolerance=tolerance)
+        verdict(
+            r.slope,
+            r.zero,
+            r.predicted,
+            ci_low=r.ci_low,
+            ci_high=r.ci_high,
+            n_widths=r.n_widths,
+            tolerance=tolerance,
+        )
         if pd.notna(r.predicted)
         else "no prediction"
         for r in out.itertuples()

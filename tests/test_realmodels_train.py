@@ -589,7 +589,11 @@ def test_cli_finetune_runs_offline(assets, tmp_path, capsys):
     assert main(argv) == 0
     assert (out / "config.json").exists() and (out / "metrics.csv").exists()
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["ratio"] == 16.0 if "ratio" in cfg else True
+    assert cfg["config"]["ratio"] == 16.0  # the default λ, recorded
+    assert cfg["eta_b"] == 16.0 * cfg["eta_a"]
+    audit = {row["group"]: row for row in cfg["optimizer_audit"]}
+    assert audit["lora_B"]["lr"] == 16.0 * audit["lora_A"]["lr"] == cfg["eta_b"]
+    assert json.loads((out / "summary.json").read_text())["ratio"] == 16.0
 
 
 @pytest.mark.parametrize(

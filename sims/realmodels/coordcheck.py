@@ -728,8 +728,9 @@ def coordcheck_slopes(
     slope is :func:`loraplus_lab.sims.measure.fit_slopes` (``log2`` of the seed-mean against ``log2
     n``). Diverged entries are left out. Predictions come from :func:`predicted_coordcheck` (the
     parametrizations stored in ``df.attrs`` unless ``params`` is given); ``verdict`` is
-    :func:`loraplus_lab.sims.measure.verdict` with ``tolerance`` (real models at modest widths are
-    pre-asymptotic, hence a looser default than the toy's).
+    :func:`loraplus_lab.sims.measure.verdict` (the interval read against the prediction and the band
+    ``± tolerance``; real models at modest widths are pre-asymptotic, hence a looser default
+    than the toy's).
 
     Columns: ``param, layer_type, step, stat, slope, ci_low, ci_high, zero, n_widths,
     n_diverged, predicted, predicted_label, verdict``.
@@ -769,7 +770,15 @@ def coordcheck_slopes(
     pred = predicted_coordcheck(params, optimizer, int(df["step"].max()))
     out = fits.merge(pred, on=["param", "step", "stat"], how="left")
     out["verdict"] = [
-        verdict(r.slope, r.zero, r.predicted, n_widths=r.n_widths, tolerance=tolerance)
+        verdict(
+            r.slope,
+            r.zero,
+            r.predicted,
+            ci_low=r.ci_low,
+            ci_high=r.ci_high,
+            n_widths=r.n_widths,
+            tolerance=tolerance,
+        )
         if pd.notna(r.predicted)
         else "no prediction"
         for r in out.itertuples()

@@ -125,7 +125,15 @@ class LoraPlusTrainer(_Trainer):  # type: ignore[misc,valid-type]
     (keywords override the dataclass); everything else goes to ``transformers.Trainer``. The
     optimizer class and its hyperparameters come from ``args.optim`` (or
     ``optimizer_cls_and_kwargs=``), its rate ``η_A`` from ``args.learning_rate`` and its decay
-    from ``args.weight_decay``; the learning-rate scheduler is the Trainer's.
+    from ``args.weight_decay``; the learning-rate scheduler is the Trainer's. With a
+    bitsandbytes 8-bit optimizer (``optim="adamw_bnb_8bit"`` and the like) the embedding
+    weights keep 32-bit optimizer state, as with the stock Trainer and PEFT.
+
+    ``args.weight_decay`` is honoured (matrices decayed, biases, norms and other 1-D
+    parameters not). The LoRA+ authors' own ``LoraPlusTrainer`` reads the decay from the
+    optimizer keyword arguments that ``Trainer.get_optimizer_cls_and_kwargs`` returns, which
+    never hold it, so it trains every group with ``weight_decay = 0`` whatever
+    ``args.weight_decay`` says.
 
     Raises:
         ValueError: at construction for bad LoRA+ settings (``λ ≤ 0``, unknown policy) or an

@@ -7,9 +7,10 @@ Layout::
     DIR/meta.json          versions, git commit, host, and one record per run (start, end, ...)
     DIR/jobs/KEY.parquet   one file per finished job, KEY = hash of the job's configuration
 
-Why one Parquet file per job, written to a temporary name, flushed and renamed: a rename within
-a folder is atomic on POSIX filesystems and on NFS, so a reader sees either no file or the whole
-file, whatever instant a worker or the machine dies at; workers never share a file, so no lock is
+Why one Parquet file per job, written to a temporary name, synced to disk and renamed (then the
+folder synced, so that the rename itself survives a power cut): a rename within a folder is
+atomic on POSIX filesystems and on NFS, so a reader sees either no file or the whole file,
+whatever instant a worker or the machine dies at; workers never share a file, so no lock is
 needed (SQLite's locking is unreliable on network filesystems, the usual home of cluster
 stores); a job that is done is simply a file that exists. Each file carries a SHA-256 of its
 content in its Parquet metadata, checked on every read, so a truncated or corrupted file is
@@ -56,6 +57,22 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable by syncing the folder itself (where a folder can be
+    opened and synced: POSIX; elsewhere nothing to do)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a filesystem that cannot sync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def content_hash(df: pd.DataFrame) -> str:
@@ -174,7 +191,7 @@ class Store:
         return n
 
     def write_job(self, key: str, df: pd.DataFrame) -> Path:
-        """Write one job's rows atomically (temporary file, fsync, rename)."""
+        """Write one job's rows atomically (temporary file, fsync, rename, fsync of the folder)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
