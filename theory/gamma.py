@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from loraplus_lab.theory.optimizers import calculus_optimizer
+
 __all__ = [
     "DEFAULT_STEPS",
     "INITS",
@@ -144,7 +146,6 @@ Exponent = Fraction | _Zero
 
 INITS = ("A", "B")
 OPTIMIZERS = ("gd", "signgd", "adam")
-_OPTIMIZER_ALIASES = {"adamw": "adam"}
 QUANTITIES = ("z", "b", "U", "f", "Z_B", "loss", "dz", "db", "delta1", "delta2", "delta3")
 _OUTPUT = ("Z_B", "f", "U")
 _INTERNAL = ("z", "b")
@@ -197,7 +198,7 @@ def _parse_init(init: Any) -> str:
 def _parse_optimizer(optimizer: Any) -> str:
     if isinstance(optimizer, str):
         key = optimizer.strip().lower()
-        key = _OPTIMIZER_ALIASES.get(key, key)
+        key = calculus_optimizer(key)
         if key in OPTIMIZERS:
             return key
     raise ValueError(

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from loraplus_lab.theory.optimizers import OPTIMIZERS
+
 __all__ = [
     "DISTRIBUTIONS",
     "OPTIMIZERS",
@@ -52,9 +54,6 @@ __all__ = [
     "gaussian_adam_mean",
     "run",
 ]
-
-#: Optimizer names understood by :func:`run`.
-OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
 
 #: Coordinate distributions known to :meth:`CoordStats.infinite`.
 DISTRIBUTIONS = ("gaussian", "rademacher")

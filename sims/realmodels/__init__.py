@@ -2,7 +2,8 @@
 its audit, training (transformers Trainer and a plain accelerate loop), width ladders of GPT-2,
 Llama and RoBERTa, and the LoRA coordinate check.
 
-Names are imported on first use so that ``import sims`` never needs transformers or peft.
+Names are imported on first use so that importing :mod:`loraplus_lab.sims` never needs
+transformers or peft.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ _EXPORTS = {
     "make_accelerator": "train",
     "make_dataloader": "train",
     "finetune": "finetune",
-    "expand_grid": "finetune",
+    "finetune_grid": "grid",
+    "expand_grid": "grid",
     "make_model": "ladders",
     "run_coordcheck": "coordcheck",
     "coordcheck_slopes": "coordcheck",

@@ -6,7 +6,10 @@ and serial, local-process and Ray executors.
     run(store, expand(spec), executor="local")
     df = load("results/small")
 
-Names are imported on first use, so that reading and checking a spec does not import torch.
+The engine runs any kind of job (:mod:`~loraplus_lab.sims.sweep.kinds`): toy sweeps are built in,
+real-model finetune grids register through an entry point, and ``run(store, store.jobs())``
+resumes any store. Names are imported on first use, so that reading and checking a spec does not
+import torch.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ _EXPORTS = {
     "SweepSpec": "spec",
     "load_spec": "spec",
     "parse_spec": "spec",
-    "Job": "jobs",
+    "Job": "kinds",
+    "JobKind": "kinds",
+    "ToyJob": "jobs",
     "expand": "jobs",
     "run_job": "jobs",
     "Store": "store",

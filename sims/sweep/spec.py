@@ -1,7 +1,7 @@
 """Sweep specifications: a TOML file that describes a width sweep of the toy, parsed and validated.
 
 A spec says which toy problem to train, at which widths and seeds, for how many steps, with which
-optimizer, and which learning-rate parametrizations (DESIGN.md §1) to compare. Each
+optimizer, and which learning-rate parametrizations (``docs/lora.md``) to compare. Each
 ``[[parametrizations]]`` entry may carry grids of base rates; it expands into one
 :class:`~loraplus_lab.sims.params.Parametrization` per grid point. Everything is checked before any
 work is done: a bad spec raises :class:`SpecError`, whose message is one line naming the file, the
@@ -71,6 +71,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from loraplus_lab.sims import checks
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.params import (
     ALPHA_RULES,
     DEFAULT_N0,
@@ -79,9 +81,10 @@ from loraplus_lab.sims.params import (
     Parametrization,
     parse_exponent,
 )
+from loraplus_lab.theory.optimizers import OPTIMIZERS
 
-#: Optimizer names (those of :data:`loraplus_lab.sims.toy.optim.OPTIMIZERS`).
-OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
+#: The job kind of toy sweeps (stored as ``"kind"`` in a store's ``spec.json``).
+KIND = "toy"
 #: Floating-point types of the simulation (those of :data:`loraplus_lab.sims.toy.simulate.DTYPES`).
 DTYPES = ("float64", "float32")
 #: Problem kinds and the options each takes, with their defaults (those of
@@ -153,7 +156,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _MAX_LOG2_WIDTH = 40
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A bad spec: the message is ONE line naming the file, the key and the bad value, e.g.
     ``"specs/x.toml: parametrizations[1].eta_a: rates must be positive, got -0.1"``.
 
@@ -164,7 +167,7 @@ class SpecError(ValueError):
     """
 
     def __init__(self, message: str, *, path: str = "", key: str = "") -> None:
-        super().__init__(" ".join(message.split()))
+        super().__init__(message)
         self.path = path
         self.key = key
 
@@ -221,11 +224,13 @@ class SweepSpec:
         """The spec as a canonical JSON-serialisable dictionary.
 
         Keys are sorted at every level; widths and seeds are sorted lists; exponents are strings
-        such as ``"-1/2"``; rates and other reals are floats; defaults are filled in. Equal specs,
-        however they were written, give equal dictionaries (and equal ``json.dumps`` text);
-        parametrizations keep their expansion order. :meth:`from_dict` reads it back.
+        such as ``"-1/2"``; rates and other reals are floats; defaults are filled in; ``kind`` is
+        ``"toy"``. Equal specs, however they were written, give equal dictionaries (and equal
+        ``json.dumps`` text); parametrizations keep their expansion order. :meth:`from_dict`
+        reads it back.
         """
         d = {
+            "kind": KIND,
             "name": self.name,
             "problem": self.problem,
             "problem_options": dict(self.problem_options),
@@ -250,7 +255,9 @@ class SweepSpec:
         ck = _Checker(path)
         if not isinstance(data, Mapping):
             ck.fail("", "a spec dictionary must be a mapping", data)
-        raw = {k: v for k, v in data.items() if k not in ("problem", "problem_options")}
+        if data.get("kind", KIND) != KIND:
+            ck.fail("kind", f'a toy sweep spec has kind "{KIND}"', data["kind"])
+        raw = {k: v for k, v in data.items() if k not in ("kind", "problem", "problem_options")}
         options = data.get("problem_options", {})
         if not isinstance(options, Mapping):
             ck.fail("problem_options", "must be a table", options)
@@ -269,7 +276,7 @@ class SweepSpec:
         """
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
-        return _job_memory_mb(
+        return estimate_job_memory_mb(
             width,
             min(self.chunk, len(self.parametrizations)),
             len(self.seeds),
@@ -315,6 +322,30 @@ def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
     return _build(raw, ck, source=text)
 
 
+class ToyKind:
+    """The job kind of toy sweeps (see :mod:`loraplus_lab.sims.sweep.kinds`): the store keeps
+    the TOML text as ``spec.toml``; a spec expands into the jobs of
+    :func:`loraplus_lab.sims.sweep.jobs.expand`."""
+
+    name = KIND
+    spec_file = "spec.toml"
+
+    def load_spec(self, text: str, path: str) -> SweepSpec:
+        """:func:`parse_spec`."""
+        return parse_spec(text, path)
+
+    def jobs(self, spec: SweepSpec, store_path: Path) -> list:
+        """The spec's jobs (:func:`~loraplus_lab.sims.sweep.jobs.expand`); they write nothing
+        but their rows, so ``store_path`` is not needed."""
+        from loraplus_lab.sims.sweep.jobs import expand
+
+        return expand(spec)
+
+
+#: The toy kind, built into the sweep engine.
+TOY_KIND = ToyKind()
+
+
 # ----------------------------------------------------------------------------- checking
 class _Checker:
     """Raises :class:`SpecError` with the file and key path in front of the message."""
@@ -339,18 +370,17 @@ class _Checker:
                 self.fail(_join(key, k), f"unknown key {k!r}", hint=hint)
 
     def integer(self, key: str, value: Any, minimum: int, what: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        try:
+            return checks.integer(key, value, minimum=minimum)
+        except InputError:
             self.fail(key, f"must be {what}", value)
-        return int(value)
 
-    def real(self, key: str, value: Any, *, positive: bool, what: str = "") -> float:
-        what = what or ("a positive number" if positive else "a non-negative number")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    def real(self, key: str, value: Any, *, positive: bool) -> float:
+        try:
+            return checks.real(key, value, positive=positive)
+        except InputError:
+            what = "a positive number" if positive else "a non-negative number"
             self.fail(key, f"must be {what}", value)
-        v = float(value)
-        if not math.isfinite(v) or v < 0 or (positive and v == 0):
-            self.fail(key, f"must be {what}", value)
-        return v
 
     def choice(self, key: str, value: Any, choices: tuple[str, ...], what: str) -> str:
         if isinstance(value, str) and value in choices:
@@ -738,7 +768,7 @@ def _rate(ck: _Checker, key: str, value: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- memory
-def _job_memory_mb(
+def estimate_job_memory_mb(
     width: int,
     configs: int,
     seeds: int,
@@ -746,6 +776,9 @@ def _job_memory_mb(
     options: Mapping[str, Any],
     dtype: str,
 ) -> float:
+    """Estimated peak memory (MiB) of one job: ``configs`` configurations × ``seeds`` seeds of
+    the problem with ``options`` at ``width`` for ``steps`` steps (see
+    :meth:`SweepSpec.job_memory_mb`)."""
     r = int(options.get("rank", 1))
     m = width if options.get("outputs", 1) == "n" else int(options.get("outputs", 1))
     N = int(options.get("samples", 1))
@@ -767,7 +800,7 @@ def _check_memory(ck: _Checker, spec: SweepSpec) -> None:
     seeds = len(spec.seeds)
 
     def fits(c: int) -> bool:
-        mb = _job_memory_mb(width, c, seeds, spec.steps, spec.problem_options, spec.dtype)
+        mb = estimate_job_memory_mb(width, c, seeds, spec.steps, spec.problem_options, spec.dtype)
         return mb <= limit
 
     plural = "s" if configs != 1 else ""

@@ -49,6 +49,10 @@ from loraplus_lab.sims.toy.optim import (
     reset_entries,
 )
 
+#: Bump when the simulator's results change for the same configuration: stores of the sweep
+#: engine then refuse to mix old results with new ones instead of silently doing so.
+ENGINE_VERSION = 4  # 4: single-sample Adam/AdamW in the compiled kernel (round-off changes)
+
 #: Every statistic recorded per configuration × seed × step.
 STATS = (
     "loss",
