@@ -246,6 +246,47 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     assert last["jobs_run"] == len(expected_keys - done_before)
 
 
+def test_ctrl_c_stops_at_once_and_records_what_finished(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) during a sweep on
+    two local workers: the driver exits with 130 within seconds (the jobs left would take
+    minutes), no job file appears after it has gone, and the run's record counts exactly the
+    files it wrote and says it was interrupted."""
+    text = TINY.replace("widths = [64, 128, 256]", "widths = [4096, 8192, 16384]")
+    text = text.replace("steps = 3", "steps = 3000").replace("chunk = 2", "chunk = 1")
+    spec_path = _spec(tmp_path, text)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        _sweep_cmd(spec_path, out),
+        start_new_session=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "jobs").is_dir() or not Store(out).done_keys():
+        assert proc.poll() is None and time.monotonic() < deadline, "no job finished"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(timeout=60)
+    seconds = time.monotonic() - t0
+    err = proc.stderr.read()
+    written = Store(out).done_keys()
+    time.sleep(2.0)
+    assert Store(out).done_keys() == written, "a job was written after the driver exited"
+    assert proc.returncode == 130, err
+    assert seconds < 5, f"the driver took {seconds:.1f} s to stop"
+    assert len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err and "--resume" in err
+    (record,) = Store(out).meta()["runs"]
+    assert record["interrupted"] is True
+    assert record["jobs_run"] == len(written) < record["jobs_total"] == 15
+    assert not load(out).attrs["complete"]
+
+
 def test_example_specs_parse_and_small_runs(tmp_path: Path) -> None:
     for p in sorted((ROOT / "specs").glob("*.toml")):
         load_spec(p)
@@ -293,4 +334,23 @@ def test_malformed_spec_exit_2_nothing_written(
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(spec.name) in err and key in err, err
+    assert not out.exists()
+
+
+def test_a_malformed_spec_is_refused_before_pandas_or_torch(tmp_path: Path) -> None:
+    """The one-line error of a bad spec comes before pandas and torch are imported (checking
+    it once took 10-12 s of importing torch); `--resume` of a bad store likewise names it."""
+    bad = _spec(tmp_path, TINY.replace("[64, 128, 256]", "[64, -128]"), "bad.toml")
+    out = tmp_path / "out"
+    code = (
+        "import sys; from loraplus_lab.sims.cli import main; "
+        f"rc = main(['sweep', {str(bad)!r}, '--out', {str(out)!r}]); "
+        "heavy = sorted({'torch', 'pandas'} & set(sys.modules)); "
+        "assert not heavy, heavy; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"loraplus-lab: error: {bad}: widths[1]: must be a positive integer, got -128"
+    )
     assert not out.exists()

@@ -75,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted\n")
+    except KeyboardInterrupt as e:
+        sys.stderr.write(f"{PROG}: interrupted{f': {e}' if str(e) else ''}\n")
         return 130
     except BrokenPipeError:
         _quiet_pipe()

@@ -182,23 +182,23 @@ def _run_engine(store: Any, jobs: list, args: argparse.Namespace, executor: str)
         )
     except KeyboardInterrupt:
         last = store.meta()["runs"][-1]
-        sys.stderr.write(
-            f"{PROG}: interrupted: {last['jobs_run']} jobs of this run kept "
+        raise KeyboardInterrupt(
+            f"{last['jobs_run']} jobs of this run kept "
             f"({last['jobs_run'] + last['jobs_skipped']}/{last['jobs_total']} done); "
-            f"finish with  {PROG} sweep --resume --out {store.path}\n"
-        )
-        raise
+            f"finish with  {PROG} sweep --resume --out {store.path}"
+        ) from None
 
 
 def _sweep_spec(args: argparse.Namespace) -> int:
     """Run (or resume) a sweep described by a spec file (or kept in a store)."""
     from loraplus_lab.sims.sweep.spec import load_spec
-    from loraplus_lab.sims.sweep.store import Store
 
     if args.spec is not None:
-        spec = load_spec(args.spec)  # validated before torch is imported
+        spec = load_spec(args.spec)  # validated before pandas and torch are imported
         out = Path(args.out) if args.out else Path("results") / spec.name
-    else:
+    from loraplus_lab.sims.sweep.store import Store
+
+    if args.spec is None:
         if args.out is None:
             raise UsageError("--resume without a spec file needs --out, the sweep's folder")
         out = Path(args.out)

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -199,9 +200,12 @@ def _serial(jobs: Sequence[kinds.Job], path: str, workers: int | None, finished:
         finished(execute(job, path))
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the driver, which stops them (see :func:`_stop_pool`)."""
+def _init_worker() -> None:
+    """Workers leave Ctrl-C to the driver, which stops them (see :func:`_stop_pool`). They draw
+    no progress bars, so tqdm's lock stays a thread lock: a worker stopped by the driver then
+    leaves no process-shared semaphore behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -221,7 +225,7 @@ def _local(jobs: Sequence[kinds.Job], path: str, workers: int | None, finished: 
     # spawn: a fresh interpreter per worker (fork after torch's thread pools exist can hang)
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
-        max_workers=min(workers or 1, len(jobs)), mp_context=ctx, initializer=_ignore_sigint
+        max_workers=min(workers or 1, len(jobs)), mp_context=ctx, initializer=_init_worker
     )
     try:
         pending = {pool.submit(execute, job, path) for job in jobs}
