@@ -17,13 +17,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
 from loraplus_lab.sims.params import Parametrization
-from loraplus_lab.sims.sweep.spec import SweepSpec
+from loraplus_lab.sims.sweep.spec import KIND, SweepSpec, parse_spec
 from loraplus_lab.sims.toy.engine import ENGINE_VERSION
 
 
@@ -84,6 +85,27 @@ def expand(spec: SweepSpec) -> list[ToyJob]:
                 chunk = tuple(group[start : start + spec.chunk])
                 jobs.append(ToyJob(len(jobs), width, init, chunk, spec))
     return jobs
+
+
+class ToyKind:
+    """The job kind of toy sweeps (see :mod:`loraplus_lab.sims.sweep.kinds`): the store keeps
+    the TOML text as ``spec.toml``; a spec expands into the jobs of :func:`expand`."""
+
+    name = KIND
+    spec_file = "spec.toml"
+
+    def load_spec(self, text: str, path: str) -> SweepSpec:
+        """:func:`~loraplus_lab.sims.sweep.spec.parse_spec`."""
+        return parse_spec(text, path)
+
+    def jobs(self, spec: SweepSpec, store_path: Path) -> list[ToyJob]:
+        """The spec's jobs (:func:`expand`); they return their rows and write nothing else, so
+        ``store_path`` is not needed."""
+        return expand(spec)
+
+
+#: The toy kind, built into the sweep engine.
+TOY_KIND = ToyKind()
 
 
 @contextmanager

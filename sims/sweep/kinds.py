@@ -37,7 +37,7 @@ DEFAULT_KIND = "toy"
 #: Ray resources of a job that declares none.
 DEFAULT_RESOURCES: Mapping[str, float] = {"num_cpus": 1}
 #: Kinds that ship with the sweep engine, imported when first asked for.
-_BUILTIN = {"toy": ("loraplus_lab.sims.sweep.spec", "TOY_KIND")}
+_BUILTIN = {"toy": ("loraplus_lab.sims.sweep.jobs", "TOY_KIND")}
 #: File names of the store itself, which a kind's ``spec_file`` may not take.
 _RESERVED = ("spec.json", "meta.json", "jobs")
 

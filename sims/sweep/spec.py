@@ -322,30 +322,6 @@ def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
     return _build(raw, ck, source=text)
 
 
-class ToyKind:
-    """The job kind of toy sweeps (see :mod:`loraplus_lab.sims.sweep.kinds`): the store keeps
-    the TOML text as ``spec.toml``; a spec expands into the jobs of
-    :func:`loraplus_lab.sims.sweep.jobs.expand`."""
-
-    name = KIND
-    spec_file = "spec.toml"
-
-    def load_spec(self, text: str, path: str) -> SweepSpec:
-        """:func:`parse_spec`."""
-        return parse_spec(text, path)
-
-    def jobs(self, spec: SweepSpec, store_path: Path) -> list:
-        """The spec's jobs (:func:`~loraplus_lab.sims.sweep.jobs.expand`); they write nothing
-        but their rows, so ``store_path`` is not needed."""
-        from loraplus_lab.sims.sweep.jobs import expand
-
-        return expand(spec)
-
-
-#: The toy kind, built into the sweep engine.
-TOY_KIND = ToyKind()
-
-
 # ----------------------------------------------------------------------------- checking
 class _Checker:
     """Raises :class:`SpecError` with the file and key path in front of the message."""
