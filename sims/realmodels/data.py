@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loraplus_lab.sims.checks import InputError
+
 #: Hub id of GLUE for ``datasets.load_dataset`` (``"glue"`` redirects to it).
 GLUE_DATASET = "nyu-mll/glue"
 
@@ -64,7 +66,7 @@ LABEL_COLUMN = "label"
 FILE_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad task name or data file; the message is one line naming the file and column/row."""
 
 

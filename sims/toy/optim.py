@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loraplus_lab.sims.checks import InputError, choice, nonnegative
 from loraplus_lab.sims.toy import kernels
+from loraplus_lab.theory.optimizers import OPTIMIZERS
 
-OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
 #: The optimizers :func:`apply_outer_update` runs in the compiled kernel.
 KERNEL_OPTIMIZERS = ("adam", "adamw")
 #: Below this many elements per tensor the fused kernel is faster on one thread (its split
@@ -35,10 +36,8 @@ _SMALL = 2048
 
 
 def check_optimizer(name: str) -> str:
-    """Validate an optimizer name."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    return name
+    """Validate an optimizer name (one of :data:`OPTIMIZERS`)."""
+    return choice("optimizer", name, OPTIMIZERS)
 
 
 @dataclass
@@ -55,16 +54,12 @@ class OptimizerConfig:
         try:
             b1, b2 = (float(b) for b in self.betas)
         except (TypeError, ValueError):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}") from None
+            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}") from None
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            raise InputError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (b1, b2)
-        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
-            raise ValueError(f"eps must be a non-negative number, got {self.eps!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay!r}")
-        self.eps = float(self.eps)
-        self.weight_decay = float(self.weight_decay)
+        self.eps = nonnegative("eps", self.eps)
+        self.weight_decay = nonnegative("weight_decay", self.weight_decay)
 
 
 @dataclass
@@ -256,7 +251,7 @@ def _calls(mom: _Moments, target: torch.Tensor, grad: torch.Tensor, lr: torch.Te
     rates = lr
     lr = torch.as_tensor(lr, dtype=torch.float64)
     if lr.dim() > target.dim():
-        raise ValueError(f"learning rates of shape {tuple(lr.shape)} for a {target.dim()}-d tensor")
+        raise InputError(f"learning rates of shape {tuple(lr.shape)} for a {target.dim()}-d tensor")
     lr = lr.reshape((1,) * (target.dim() - lr.dim()) + tuple(lr.shape))
     k = max((i + 1 for i, d in enumerate(lr.shape) if d != 1), default=0)
     # An entry must be contiguous; where the tensors are strided views (A inside the simulator's
