@@ -8,8 +8,7 @@ transformers or peft.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from loraplus_lab.sims import lazy_exports
 
 _EXPORTS = {
     "create_loraplus_optimizer": "optimizer",
@@ -34,12 +33,4 @@ _EXPORTS = {
     "coordcheck_slopes": "coordcheck",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'loraplus_lab.sims.realmodels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"loraplus_lab.sims.realmodels.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

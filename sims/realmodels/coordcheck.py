@@ -729,7 +729,7 @@ def coordcheck_slopes(
     Columns: ``param, layer_type, step, stat, slope, ci_low, ci_high, zero, n_widths,
     n_diverged, predicted, predicted_label, verdict``.
     """
-    from loraplus_lab.sims.measure import fit_slopes, verdict
+    from loraplus_lab.sims.measure import compare, fit_slopes
 
     need = {"param", "layer_type", "step", "stat", "value", "width", "seed", "diverged"}
     missing = sorted(need - set(df.columns))
@@ -754,7 +754,7 @@ def coordcheck_slopes(
         by=("param", "layer_type", "step"),
         n_boot=n_boot,
         seed=seed,
-    ).rename(columns={"quantity": "stat"})
+    )
     # a stat absent at some (group) gives an all-NaN row: drop it
     fits = fits[fits["n_widths"] > 0].reset_index(drop=True)
     if params is None:
@@ -762,14 +762,8 @@ def coordcheck_slopes(
     if optimizer is None:
         optimizer = df.attrs.get("config", {}).get("optimizer", "adam")
     pred = predicted_coordcheck(params, optimizer, int(df["step"].max()))
-    out = fits.merge(pred, on=["param", "step", "stat"], how="left")
-    out["verdict"] = [
-        verdict(r.slope, r.zero, r.predicted, n_widths=r.n_widths, tolerance=tolerance)
-        if pd.notna(r.predicted)
-        else "no prediction"
-        for r in out.itertuples()
-    ]
-    return out
+    out = compare(fits, pred.rename(columns={"stat": "quantity"}), tolerance=tolerance)
+    return out.rename(columns={"quantity": "stat"})
 
 
 def headline(

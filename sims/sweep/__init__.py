@@ -14,8 +14,7 @@ import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from loraplus_lab.sims import lazy_exports
 
 _EXPORTS = {
     "SpecError": "spec",
@@ -35,12 +34,4 @@ _EXPORTS = {
     "run": "executors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'loraplus_lab.sims.sweep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"loraplus_lab.sims.sweep.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

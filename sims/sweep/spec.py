@@ -60,7 +60,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -617,19 +617,11 @@ def _expand(ck: _Checker, key: str, entry: dict[str, Any]) -> list[Parametrizati
     def k(name: str) -> str:
         return f"{key}.{name}"
 
-    if "preset" in entry:
-        for c in ("c_a", "c_b"):
-            if c in entry:
-                ck.fail(k(c), "give a preset or c_a and c_b, not both", entry[c])
+    if _single_or_pair(ck, k, entry, "preset", ("c_a", "c_b")):
         preset = ck.choice(k("preset"), entry["preset"], tuple(PRESETS), "preset")
         c_a, c_b = PRESETS[preset][:2]
         default_name = preset
     else:
-        if "c_a" not in entry and "c_b" not in entry:
-            ck.fail(k("preset"), "required: give a preset, or c_a and c_b")
-        for c, other in (("c_a", "c_b"), ("c_b", "c_a")):
-            if c not in entry:
-                ck.fail(k(c), f"required with {other}")
         c_a = _exponent(ck, k("c_a"), entry["c_a"])
         c_b = _exponent(ck, k("c_b"), entry["c_b"])
         default_name = f"c_A={c_a},c_B={c_b}"
@@ -644,22 +636,10 @@ def _expand(ck: _Checker, key: str, entry: dict[str, Any]) -> list[Parametrizati
         k("alpha_rule"), entry.get("alpha_rule", "lora"), ALPHA_RULES, "alpha rule"
     )
 
-    if "eta" in entry:
-        for e in ("eta_a", "eta_b"):
-            if e in entry:
-                ck.fail(
-                    k(e),
-                    "give eta (one rate for both factors) or eta_a and eta_b, not both",
-                    entry[e],
-                )
+    if _single_or_pair(ck, k, entry, "eta", ("eta_a", "eta_b")):
         etas = _rates(ck, k("eta"), entry["eta"])
         points = [((v, v), [("eta", v)] if len(etas) > 1 else []) for v in etas]
     else:
-        if "eta_a" not in entry and "eta_b" not in entry:
-            ck.fail(k("eta"), "required: give eta, or eta_a and eta_b")
-        for e, other in (("eta_a", "eta_b"), ("eta_b", "eta_a")):
-            if e not in entry:
-                ck.fail(k(e), f"required with {other} (or give eta for both)")
         grid_a = _rates(ck, k("eta_a"), entry["eta_a"])
         grid_b = _rates(ck, k("eta_b"), entry["eta_b"])
         points = []
@@ -690,6 +670,26 @@ def _expand(ck: _Checker, key: str, entry: dict[str, Any]) -> list[Parametrizati
         except ValueError as e:  # not reached: every field is checked above
             ck.fail(key, str(e))
     return out
+
+
+def _single_or_pair(
+    ck: _Checker, k: Callable[[str], str], entry: dict[str, Any], single: str, pair: tuple[str, str]
+) -> bool:
+    """Check that ``entry`` gives ``single`` (``preset``, ``eta``) or both keys of ``pair``
+    (``c_a`` and ``c_b``, ``eta_a`` and ``eta_b``), not both forms; whether it gives
+    ``single``."""
+    a, b = pair
+    if single in entry:
+        for key in pair:
+            if key in entry:
+                ck.fail(k(key), f"give {single}, or {a} and {b}, not both", entry[key])
+        return True
+    if a not in entry and b not in entry:
+        ck.fail(k(single), f"required: give {single}, or {a} and {b}")
+    for key, other in ((a, b), (b, a)):
+        if key not in entry:
+            ck.fail(k(key), f"required with {other} (or give {single})")
+    return False
 
 
 def _exponent(ck: _Checker, key: str, value: Any) -> Fraction:

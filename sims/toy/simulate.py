@@ -233,9 +233,7 @@ def simulate_batch(
                             R,
                             A0,
                             B0,
-                            torch.tensor([p.scale(rank) for p in part], dtype=torch.float64),
-                            torch.tensor([p.rate_a(width) for p in part], dtype=torch.float64),
-                            torch.tensor([p.rate_b(width) for p in part], dtype=torch.float64),
+                            *rate_tensors(part, width, rank),
                             steps,
                             opt,
                             divergence_bound=divergence_bound,
@@ -284,6 +282,17 @@ def batch_config(
         "chunk": chunk,
         "parametrizations": [p.to_dict() for p in params],
     }
+
+
+def rate_tensors(
+    params: Sequence[Parametrization], width: int, rank: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LoRA multiplier ``s`` and the rates ``η_A(n)``, ``η_B(n)`` of each parametrization at
+    ``width``, as the float64 tensors ``(scale, eta_a, eta_b)`` of a batched run."""
+    return tuple(
+        torch.tensor([f(p) for p in params], dtype=torch.float64)
+        for f in (lambda p: p.scale(rank), lambda p: p.rate_a(width), lambda p: p.rate_b(width))
+    )
 
 
 def concat_ordered(

@@ -78,7 +78,7 @@ from loraplus_lab.sims.checks import (
 from loraplus_lab.sims.params import Parametrization, check_init
 from loraplus_lab.sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, lowrank_norms
 from loraplus_lab.sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
-from loraplus_lab.sims.toy.simulate import concat_ordered, tidy_rows
+from loraplus_lab.sims.toy.simulate import concat_ordered, rate_tensors, tidy_rows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DEFAULT_TEACHER_WIDTH = 32
@@ -845,9 +845,7 @@ def simulate_twolayer(
                         sub = group[cs]
                         out = run_finetune(
                             part,
-                            torch.tensor([p.scale(rank) for p in sub], dtype=torch.float64),
-                            torch.tensor([p.rate_a(width) for p in sub], dtype=torch.float64),
-                            torch.tensor([p.rate_b(width) for p in sub], dtype=torch.float64),
+                            *rate_tensors(sub, width, rank),
                             steps,
                             opt,
                             divergence_bound=divergence_bound,
