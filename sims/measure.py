@@ -9,7 +9,6 @@ diverged seed is dropped at the widths where it diverged and kept where it did n
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -280,10 +279,3 @@ def compare(
         for r in out.itertuples()
     ]
     return out
-
-
-def exponent_label(value: Fraction | float) -> str:
-    """Text of an exponent: ``-1/2``, ``0`` or ``zero`` for an exactly-zero quantity."""
-    if isinstance(value, float) and value == -np.inf:
-        return "zero"
-    return str(value)

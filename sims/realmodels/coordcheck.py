@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from loraplus_lab.sims.checks import InputError, positive_int
+from loraplus_lab.sims.checks import InputError, choice, positive_int
 from loraplus_lab.sims.params import DEFAULT_N0, PRESETS, Parametrization, preset
 from loraplus_lab.sims.realmodels.ladders import (
     DEFAULT_HEAD_DIM,
@@ -65,6 +65,7 @@ from loraplus_lab.sims.realmodels.ladders import (
     make_model,
     pretrain,
 )
+from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer
 
 STATS = ("Z", "Z_A", "Z_B", "delta1", "delta2", "delta3", "dZ_B", "dZ")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -342,19 +343,12 @@ def make_optimizer(
     ``η_B(n)`` (:func:`loraplus_lab.sims.realmodels.optimizer.create_loraplus_optimizer` with
     ``lr = η_A(n)``, ``ratio = η_B(n)/η_A(n)``); Adam's ``ε`` is tiny so that it never caps the
     normalised update at large widths."""
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    choice("optimizer", optimizer, OPTIMIZERS)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
     kwargs: dict[str, Any] = {} if optimizer == "sgd" else {"eps": eps}
     if optimizer == "adamw":
         kwargs["weight_decay"] = 0.0
     lr_a, lr_b = param.rate_a(width), param.rate_b(width)
-    try:
-        from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer
-    except ImportError:  # pragma: no cover - the optimizer module ships with the package
-        a = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" not in n]
-        return cls([{"params": a, "lr": lr_a}, {"params": rest, "lr": lr_b}], lr=lr_a, **kwargs)
     return create_loraplus_optimizer(model, cls, lr=lr_a, ratio=lr_b / lr_a, **kwargs)
 
 
@@ -477,8 +471,7 @@ def collect_coordcheck(
     steps = positive_int("steps", steps)
     if not seeds:
         raise InputError("seeds must name at least one seed")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    choice("optimizer", optimizer, OPTIMIZERS)
     jobs = [(n, s, p) for n in sorted(factories) for s in seeds for p in params]
     bar = tqdm(jobs, desc=f"coordcheck {label}", disable=not progress, file=sys.stderr)
     frames = []
@@ -576,8 +569,7 @@ def run_coordcheck(
     batch = positive_int("batch", batch)
     seq = positive_int("seq", seq)
     steps = positive_int("steps", steps)
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    choice("optimizer", optimizer, OPTIMIZERS)
     factories = lora_ladder(
         arch,
         sorted(set(widths)),

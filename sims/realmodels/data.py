@@ -92,11 +92,6 @@ class TaskData:
     text_columns: tuple[str, ...]
     source: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def is_regression(self) -> bool:
-        """Whether the labels are real numbers (one output)."""
-        return self.num_labels == 1
-
     def __len__(self) -> int:
         return len(self.dataset)
 
@@ -362,27 +357,3 @@ def load_task(
         text_columns=(text,) + ((pair,) if pair else ()),
         source={"kind": "file", "path": str(path.resolve()), "rows": len(frame)},
     )
-
-
-def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validate a local data file without a tokenizer: columns used, rows, labels.
-
-    Raises:
-        DataError: as :func:`load_task` does for the file.
-    """
-    check_task(os.fspath(path))
-    frame, text, pair, _labels, num_labels, names = _file_frame(Path(path).expanduser())
-    return {
-        "rows": len(frame),
-        "text_columns": [text] + ([pair] if pair else []),
-        "num_labels": num_labels,
-        "label_names": names,
-    }
-
-
-def num_labels_for(task: str | os.PathLike[str]) -> int:
-    """The label count of a task without tokenizing it (GLUE: from :data:`GLUE_TASKS`)."""
-    task = os.fspath(task)
-    if is_glue(task):
-        return glue_task(task)[1].num_labels
-    return int(inspect_file(task)["num_labels"])

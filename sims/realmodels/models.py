@@ -18,7 +18,6 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -440,8 +439,3 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
         "trainable_parameters": trainable,
         "trainable": trainable_parameter_names(model),
     }
-
-
-def is_local_model(name_or_path: str | os.PathLike[str]) -> bool:
-    """Whether ``name_or_path`` is an existing folder."""
-    return Path(os.path.expanduser(os.fspath(name_or_path))).is_dir()
