@@ -1,12 +1,12 @@
 """Learning-rate landscapes across widths: optima, near-optimal sets and scaling fits.
 
-A landscape is the loss after ``T`` steps over a log2 grid of ``(η_A, η_B)`` at one width,
-averaged over seeds. The theory (DESIGN.md §1) predicts for Adam-type optimizers that the best
+A landscape is the loss after ``T`` steps over a log2 grid of ``(η_A, η_B)`` at one width, averaged
+over seeds. The theory (``docs/exponents.md``) predicts for Adam-type optimizers that the best
 ``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio ``λ* = η_B*/η_A*`` grows
-like ``n``, and the best loss reachable with equal rates falls behind the best overall as the
-width grows. This module locates the optimum robustly (a quadratic fit of ``log loss`` in a window
-around the grid minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling
-of the optima against width with bootstrap confidence intervals over seeds.
+like ``n``, and the best loss reachable with equal rates falls behind the best overall as the width
+grows. This module locates the optimum robustly (a quadratic fit of ``log loss`` in a window around
+the grid minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling of the
+optima against width with bootstrap confidence intervals over seeds.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tests of loraplus_lab.theory.gamma: the exponent calculus of the rank-1 single-sample LoRA toy.
 
-Expected exponents below are derived by hand from the update rules (DESIGN.md §1), written out
-in the comments, and the companion-paper thresholds are checked both exactly (max-plus
+Expected exponents below are derived by hand from the update rules (``docs/exponents.md``),
+written out in the comments, and the companion-paper thresholds are checked both exactly (max-plus
 polynomials along the diagonal) and against pointwise classification.
 """
 

@@ -23,7 +23,7 @@ optimizers equal rates are never efficient as the width ``n`` grows, ``η_A = Θ
 
     ``lora_embedding`` holds both factors of LoRA on embeddings: the input is one-hot, so
     ``ΔZ_A = ΔA·x`` has no sum over the fan-in and ``η_A = Θ(1)`` — the same order as ``η_B``
-    (DESIGN.md §1). ``other`` holds every remaining trainable matrix (classification heads,
+    (``docs/lora.md``). ``other`` holds every remaining trainable matrix (classification heads,
     ``modules_to_save`` copies, trainable base weights); ``other_no_decay`` every 1-D parameter,
     bias and normalisation weight, DoRA magnitudes and ``lora_bias`` included. With
     ``fan_in_aware=True`` there is one ``lora_A[fan_in=k]`` group per distinct fan-in ``k`` at

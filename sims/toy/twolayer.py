@@ -9,8 +9,9 @@ Model at width ``n`` (input dimension ``d`` fixed, scalar output)::
     f  = w_outᵀ h2 / n
 
 with ``φ = ReLU``; ``Z_A = A h1`` and ``Z_B = s·B Z_A`` are the adapted layer's LoRA features
-(DESIGN.md §1 with ``W* = W_h`` and input ``h1``). Init: ``W_in ~ N(0, 2/d)``, ``W_h ~ N(0, 2/n)``,
-``w_out ~ N(0, 1)`` entrywise, so the coordinates of ``h1`` and ``h2`` are Θ(1) at every width.
+(``docs/lora.md`` with ``W* = W_h`` and input ``h1``). Init: ``W_in ~ N(0, 2/d)``,
+``W_h ~ N(0, 2/n)``, ``w_out ~ N(0, 1)`` entrywise, so the coordinates of ``h1`` and ``h2`` are
+Θ(1) at every width.
 
 **Readout.** ``f = w_outᵀh2/n`` is the μP readout: at initialisation ``f = O(n^{-1/2})`` (the
 ``n`` terms of ``w_outᵀh2`` are uncorrelated), and the output moves by Θ(1) only when the
@@ -47,7 +48,7 @@ step costs ``O(N·r·n)`` per configuration. Gradients by hand, with ``U = f −
 
     ∂L/∂B = s·Gᵀ Z_A        ∂L/∂A = s·(G B)ᵀ h1
 
-Since ``h1`` is frozen, ``ΔZ_B = δ¹ + δ² + δ³`` holds exactly (DESIGN.md §1, same input ``h1``).
+Since ``h1`` is frozen, ``ΔZ_B = δ¹ + δ² + δ³`` holds exactly (``docs/lora.md``, same input ``h1``).
 
 **Determinism.** Every contraction is an elementwise product followed by a sum over one axis,
 never a BLAS call (whose kernel, blocking and threading depend on the batch shape: a ``bmm``
