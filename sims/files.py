@@ -7,7 +7,8 @@ One home for each:
   instant) sees the old file or the whole new one, never a part. :func:`publish_dir` does the
   same for a folder written in full under a temporary name.
 - :class:`OutputDir` checks an output folder for writing before any work, and removes it again
-  if the command that created it fails before writing anything.
+  if the command that created it fails before writing anything; :func:`check_output` refuses a
+  folder that is not empty without creating anything.
 - :func:`versions` and :func:`git_commit` are what every result records beside itself.
 
 This module imports only the standard library at import time.
@@ -127,6 +128,25 @@ def remove_partial(folder: str | os.PathLike[str]) -> int:
             p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuse an output folder that is a file, is not empty (unless ``overwrite``), or whose
+    nearest existing parent cannot be written; creates nothing.
+
+    Raises:
+        InputError: naming the folder (``out: …``).
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"out: {out} exists and is not empty (pass overwrite=True to replace it)")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"out: {parent} is not writable")
 
 
 class OutputDir:

@@ -213,3 +213,17 @@ def test_closed_pipe_ends_quietly() -> None:
     proc.wait(timeout=60)
     assert err == ""
     assert proc.returncode == 141
+
+
+def test_finetune_into_a_non_empty_folder_names_the_flag(tmp_path: Path, capsys) -> None:
+    """The command line names its own flag, --overwrite (the library's message names the
+    keyword overwrite=True); the folder is left as it was."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    argv = ["finetune", "--model", "m", "--task", "t.csv", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

@@ -372,9 +372,11 @@ class _CountJob:
     """Job ``i`` of a counting sweep; with ``interrupt`` it plays Ctrl-C, after another worker
     has written the file of job ``i + 1`` without reporting it."""
 
-    def __init__(self, i: int, store: Path, interrupt: bool, resources: dict | None) -> None:
+    def __init__(
+        self, i: int, store: Path, interrupt: bool, resources: dict | None, ray: bool = False
+    ) -> None:
         self.key = f"{i:020x}"
-        self.i, self.store, self.interrupt = i, store, interrupt
+        self.i, self.store, self.interrupt, self.ray = i, store, interrupt, ray
         if resources is not None:
             self.resources = resources
 
@@ -384,7 +386,7 @@ class _CountJob:
             Store(self.store).write_job(late.key, late.run())
             raise KeyboardInterrupt
         row = {"i": self.i, "diverged": self.i == 1}
-        if getattr(self, "resources", None):  # what Ray gave this task
+        if self.ray:  # what Ray gave this task
             import ray
 
             row["cpus"] = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
@@ -396,13 +398,14 @@ class _CountKind:
     spec_file = "count.txt"
     interrupt_at: int | None = None
     resources: dict | None = None
+    ray = False
 
     def load_spec(self, text: str, path: str) -> _CountSpec:
         return _CountSpec(int(text))
 
     def jobs(self, spec: _CountSpec, store_path: Path) -> list[_CountJob]:
         return [
-            _CountJob(i, Path(store_path), i == self.interrupt_at, self.resources)
+            _CountJob(i, Path(store_path), i == self.interrupt_at, self.resources, self.ray)
             for i in range(spec.count)
         ]
 
@@ -446,12 +449,17 @@ def test_ray_gives_each_job_the_resources_it_asks_for(tmp_path: Path) -> None:
     # Ray's workers cannot import this test module: send its job class by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     kind = _CountKind()
+    kind.ray = True
     kinds.register(kind)
     got = {}
-    for resources, expected in (({"num_cpus": 0.5}, 0.5), ({}, 1.0)):
-        kind.resources = resources or {"num_cpus": 1}
-        out = tmp_path / str(expected)
-        store = Store.open_or_create(out, _CountSpec(2))
-        run(store, store.jobs(), executor="ray", workers=2, progress=False)
-        got[expected] = sorted(load(out)["cpus"])
+    ray.init(num_cpus=2, log_to_driver=False)  # one cluster for both runs (run() joins it)
+    try:
+        for resources, expected in (({"num_cpus": 0.5}, 0.5), (None, 1.0)):
+            kind.resources = resources
+            out = tmp_path / str(expected)
+            store = Store.open_or_create(out, _CountSpec(2))
+            run(store, store.jobs(), executor="ray", progress=False)
+            got[expected] = sorted(load(out)["cpus"])
+    finally:
+        ray.shutdown()
     assert got == {0.5: [0.5, 0.5], 1.0: [1.0, 1.0]}

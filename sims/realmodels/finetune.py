@@ -50,7 +50,7 @@ from loraplus_lab.sims.checks import (
     positive,
     positive_int,
 )
-from loraplus_lab.sims.files import partial_dir, publish_dir, versions
+from loraplus_lab.sims.files import check_output, partial_dir, publish_dir, versions
 from loraplus_lab.sims.realmodels import data as data_mod
 from loraplus_lab.sims.realmodels import models as models_mod
 from loraplus_lab.sims.realmodels.optimizer import (
@@ -186,20 +186,6 @@ def validate_config(cfg: FinetuneConfig) -> None:
         raise InputError("fan_in_aware and lr_other need policy='theory'")
     if cfg.base_fan_in is not None and not cfg.fan_in_aware:
         raise InputError("base_fan_in needs fan_in_aware=True")
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, is not empty (unless ``overwrite``), or cannot
-    be written."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"out: {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"out: {out} exists and is not empty (pass overwrite=True to replace it)")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"out: {parent} is not writable")
 
 
 def resolve_bf16(bf16: bool | str) -> bool:
@@ -751,6 +737,6 @@ def finetune(
     )  # fmt: skip
     out_path = Path(out).expanduser()
     validate_config(cfg)
-    check_out(out_path, overwrite)
+    check_output(out_path, overwrite=overwrite)
     prep = prepare(cfg)
     return run_prepared(prep, out_path, overwrite=overwrite, progress=progress)

@@ -29,11 +29,10 @@ from typing import Any
 import pandas as pd
 
 from loraplus_lab.sims.checks import InputError, positive
-from loraplus_lab.sims.files import atomic_write
+from loraplus_lab.sims.files import atomic_write, check_output
 from loraplus_lab.sims.realmodels.finetune import (
     SUMMARY_FILE,
     FinetuneConfig,
-    check_out,
     load_inputs,
     make_config,
     prepare,
@@ -256,7 +255,7 @@ def finetune_grid(
     if out.exists() and overwrite:
         shutil.rmtree(out)
     if not (out / "spec.json").is_file():
-        check_out(out, overwrite=False)
+        check_output(out, overwrite=False)
     # Validate everything (model, data, targets, optimizer) once, before anything is written.
     tokenizer, loaded = load_inputs(base)
     prepare(configs[0], tokenizer=tokenizer, data=loaded)
