@@ -188,6 +188,20 @@ def _sweep_cmd(spec: Path, out: Path) -> list[str]:
     ]
 
 
+def _start_sweep(spec: Path, out: Path) -> subprocess.Popen:
+    """The sweep of ``spec`` on two workers in its own process group (to signal it as a
+    terminal would), stderr captured."""
+    return subprocess.Popen(
+        _sweep_cmd(spec, out),
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     """Kill the whole sweep (driver and workers) five times at random moments (jobs long enough that
     the kernels' compile cache cannot let it finish first); the store stays
@@ -203,14 +217,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     kills = 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for _ in range(30):
-        proc = subprocess.Popen(
-            _sweep_cmd(spec_path, out),
-            start_new_session=True,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        proc = _start_sweep(spec_path, out)
         time.sleep(rng.uniform(0.5, 4.0))
         if proc.poll() is not None:  # finished before the kill
             break
@@ -255,16 +262,7 @@ def test_ctrl_c_stops_at_once_and_records_what_finished(tmp_path: Path) -> None:
     text = text.replace("steps = 3", "steps = 3000").replace("chunk = 2", "chunk = 1")
     spec_path = _spec(tmp_path, text)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _sweep_cmd(spec_path, out),
-        start_new_session=True,
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_sweep(spec_path, out)
     deadline = time.monotonic() + 300
     while not (out / "jobs").is_dir() or not Store(out).done_keys():
         assert proc.poll() is None and time.monotonic() < deadline, "no job finished"
