@@ -461,3 +461,19 @@ def test_ray_gives_each_job_the_resources_it_asks_for(tmp_path: Path) -> None:
     finally:
         ray.shutdown()
     assert got == {0.5: [0.5, 0.5], 1.0: [1.0, 1.0]}
+
+
+def test_a_store_written_before_job_kinds_is_a_toy_store(tmp_path: Path, capsys) -> None:
+    """Stores written before kinds existed have no "kind" in spec.json: they open, compare,
+    load and resume as toy sweeps."""
+    spec = load_spec(_spec(tmp_path))
+    out = tmp_path / "old"
+    store = Store.open_or_create(out, spec)
+    run(store, expand(spec)[:3], executor="serial", progress=False)
+    held = json.loads((out / "spec.json").read_text())
+    del held["kind"]
+    (out / "spec.json").write_text(json.dumps(held, indent=2))
+    assert Store.open_or_create(out, spec).kind().name == "toy"
+    assert load(out).attrs["jobs_done"] == 3
+    assert main(["sweep", "--resume", "--out", str(out), "--executor", "serial", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["jobs_run"] == 6
