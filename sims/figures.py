@@ -24,6 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loraplus_lab.sims import landscape, measure
+from loraplus_lab.sims.checks import InputError
+from loraplus_lab.sims.files import atomic_write
 from loraplus_lab.sims.params import Parametrization, preset
 
 # ----------------------------------------------------------------------------- experiments
@@ -838,7 +840,7 @@ def generate(
     names = list(FIGURES) if names is None else names
     for n in names:
         if n not in FIGURES:
-            raise ValueError(f"unknown figure {n!r}; `loraplus-lab figures --list` lists them")
+            raise InputError(f"unknown figure {n!r}; `loraplus-lab figures --list` lists them")
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
     data: dict[str, pd.DataFrame] = {}
@@ -851,17 +853,14 @@ def generate(
             df = EXPERIMENTS[spec.experiment](fast)
             df.attrs = {}
             data[spec.experiment] = df
-            tmp = out / "data" / f".{spec.experiment}.csv.tmp"
-            df.to_csv(tmp, index=False)
-            tmp.replace(out / "data" / f"{spec.experiment}.csv")
+            csv = functools.partial(df.to_csv, index=False)
+            atomic_write(out / "data" / f"{spec.experiment}.csv", csv)
         fig = spec.plot(data[spec.experiment])
         if fast:
             mark_fast(fig)
-        path = out / f"{n}.png"
-        tmp = out / f".{n}.png.tmp"
-        fig.savefig(tmp, dpi=100, format="png")
+        png = functools.partial(fig.savefig, dpi=100, format="png")
+        path = atomic_write(out / f"{n}.png", png)
         plt.close(fig)
-        tmp.replace(path)
         made[n] = path
         note = "  (fast preview, not a result)" if fast else ""
         log(f"{n:<22} {time.perf_counter() - t0:6.1f} s  → {path}{note}")
@@ -874,7 +873,7 @@ def generate(
         csv = out / "data" / f"{spec.experiment}.csv"
         if spec.measured is not None and spec.experiment not in data and csv.is_file():
             data[spec.experiment] = pd.read_csv(csv)
-    (out / "README.md").write_text(readme_text(data, fast=fast))
+    atomic_write(out / "README.md", readme_text(data, fast=fast))
     return made
 
 

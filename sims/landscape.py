@@ -1,15 +1,16 @@
 """Learning-rate landscapes across widths: optima, near-optimal sets and scaling fits.
 
 A landscape is the loss after ``T`` steps over a log2 grid of ``(η_A, η_B)`` at one width,
-averaged over seeds. The theory predicts for Adam-type optimizers that the best
-``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio ``λ* = η_B*/η_A*`` grows
-like ``n``, and the best loss reachable with equal rates falls behind the best overall as the
-width grows (measured on the linear task: under gradient descent it does; under Adam it does
-not, see ``figures/README.md``). This module locates the optimum robustly (a quadratic fit of
-``log loss`` in a window around the grid minimum of a lightly smoothed surface, not a raw
-argmin), and fits the scaling of the optima against width with bootstrap confidence intervals
-over seeds: a free bootstrap that finds the optimum afresh in every resample, and beside it one
-anchored at the basin the full data selects (see :func:`scaling_fits`).
+averaged over seeds. The theory (``docs/exponents.md``) predicts for Adam-type optimizers that
+the best ``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio
+``λ* = η_B*/η_A*`` grows like ``n``, and the best loss reachable with equal rates falls behind
+the best overall as the width grows (measured on the linear task: under gradient descent it
+does; under Adam it does not, see ``figures/README.md``). This module locates the optimum
+robustly (a quadratic fit of ``log loss`` in a window around the grid minimum of a lightly
+smoothed surface, not a raw argmin), and fits the scaling of the optima against width with
+bootstrap confidence intervals over seeds: a free bootstrap that finds the optimum afresh in
+every resample, and beside it one anchored at the basin the full data selects (see
+:func:`scaling_fits`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
+
+from loraplus_lab.sims.checks import InputError
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,11 @@ def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -
     """
     for c in ("width", "seed", "step", "eta_a", "eta_b", "diverged", loss):
         if c not in df.columns:
-            raise ValueError(f"the results have no column {c!r}")
+            raise InputError(f"the results have no column {c!r}")
     step = int(df["step"].max()) if step is None else step
     d = df[df["step"] == step]
     if d.empty:
-        raise ValueError(f"no rows at step {step}")
+        raise InputError(f"no rows at step {step}")
     is_line = (
         d["param"].astype(str).str.startswith("diag")
         if "param" in d.columns
@@ -95,7 +98,7 @@ def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -
         ug, vg = np.unique(np.round(u, 9)), np.unique(np.round(v, 9))
         seeds = np.sort(g["seed"].unique())
         if len(ug) < 3 or len(vg) < 3:
-            raise ValueError(
+            raise InputError(
                 f"width {width}: the rate grid has {len(ug)} × {len(vg)} points; "
                 "a landscape needs at least 3 × 3"
             )
@@ -143,12 +146,12 @@ def find_optimum(
     u, v = np.asarray(u, float), np.asarray(v, float)
     L = np.asarray(loss, float)
     if L.shape != (len(u), len(v)):
-        raise ValueError(f"loss has shape {L.shape}, expected {(len(u), len(v))}")
+        raise InputError(f"loss has shape {L.shape}, expected {(len(u), len(v))}")
     if len(u) < 3 or len(v) < 3:
-        raise ValueError(f"a landscape needs at least a 3 × 3 grid, got {len(u)} × {len(v)}")
+        raise InputError(f"a landscape needs at least a 3 × 3 grid, got {len(u)} × {len(v)}")
     finite = np.isfinite(L) & (L > 0)
     if not finite.any():
-        raise ValueError("every cell of the landscape diverged")
+        raise InputError("every cell of the landscape diverged")
     logL = np.where(finite, np.log(np.where(finite, L, 1.0)), np.log(L[finite]).max())
     S = ndimage.gaussian_filter(logL, smooth, mode="nearest") if smooth > 0 else logL
     i0, j0 = np.unravel_index(np.argmin(S), S.shape) if anchor is None else anchor
@@ -191,7 +194,7 @@ def near_optimal(loss: np.ndarray, tol: float = 0.01) -> np.ndarray:
     """Cells whose loss is within ``tol`` (relative) of the best finite loss."""
     L = np.asarray(loss, float)
     if not np.isfinite(L).any():
-        raise ValueError("every cell of the landscape diverged")
+        raise InputError("every cell of the landscape diverged")
     best = np.nanmin(L)
     with np.errstate(invalid="ignore"):
         return np.isfinite(L) & (L <= best * (1 + tol) if best >= 0 else L <= best * (1 - tol))
@@ -203,7 +206,7 @@ def diagonal_best(u: np.ndarray, v: np.ndarray, loss: np.ndarray) -> tuple[float
     u, v = np.asarray(u, float), np.asarray(v, float)
     common = np.intersect1d(np.round(u, 9), np.round(v, 9))
     if common.size == 0:
-        raise ValueError("the η_A and η_B grids share no value: no equal-rate diagonal")
+        raise InputError("the η_A and η_B grids share no value: no equal-rate diagonal")
     iu = np.searchsorted(np.round(u, 9), common)
     iv = np.searchsorted(np.round(v, 9), common)
     diag = np.asarray(loss, float)[iu, iv]
@@ -305,11 +308,11 @@ def scaling_fits(
     For ``gap`` (no optimum is located) both are the same.
     """
     if len(surfs) < 2:
-        raise ValueError(f"scaling fits need at least two widths, got {len(surfs)}")
+        raise InputError(f"scaling fits need at least two widths, got {len(surfs)}")
     seeds = surfs[0].seeds
     for s in surfs:
         if not np.array_equal(s.seeds, seeds):
-            raise ValueError("every width must have the same seeds")
+            raise InputError("every width must have the same seeds")
     x = np.log2([s.width for s in surfs])
     keys = ["log2_eta_a", "log2_eta_b", "log2_ratio", "gap"]
     anchors = [find_optimum(s.u, s.v, s.mean(), **kwargs).cell for s in surfs]
