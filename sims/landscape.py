@@ -1,12 +1,16 @@
 """Learning-rate landscapes across widths: optima, near-optimal sets and scaling fits.
 
 A landscape is the loss after ``T`` steps over a log2 grid of ``(η_A, η_B)`` at one width,
-averaged over seeds. The theory (DESIGN.md §1) predicts for Adam-type optimizers that the best
-``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio ``λ* = η_B*/η_A*`` grows
-like ``n``, and the best loss reachable with equal rates falls behind the best overall as the
-width grows. This module locates the optimum robustly (a quadratic fit of ``log loss`` in a window
-around the grid minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling
-of the optima against width with bootstrap confidence intervals over seeds.
+averaged over seeds. The theory (``docs/exponents.md``) predicts for Adam-type optimizers that
+the best ``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio
+``λ* = η_B*/η_A*`` grows like ``n``, and the best loss reachable with equal rates falls behind
+the best overall as the width grows (measured on the linear task: under gradient descent it
+does; under Adam it does not, see ``figures/README.md``). This module locates the optimum
+robustly (a quadratic fit of ``log loss`` in a window around the grid minimum of a lightly
+smoothed surface, not a raw argmin), and fits the scaling of the optima against width with
+bootstrap confidence intervals over seeds: a free bootstrap that finds the optimum afresh in
+every resample, and beside it one anchored at the basin the full data selects (see
+:func:`scaling_fits`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
+
+from loraplus_lab.sims.checks import InputError
 
 
 @dataclass(frozen=True)
@@ -73,11 +79,11 @@ def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -
     """
     for c in ("width", "seed", "step", "eta_a", "eta_b", "diverged", loss):
         if c not in df.columns:
-            raise ValueError(f"the results have no column {c!r}")
+            raise InputError(f"the results have no column {c!r}")
     step = int(df["step"].max()) if step is None else step
     d = df[df["step"] == step]
     if d.empty:
-        raise ValueError(f"no rows at step {step}")
+        raise InputError(f"no rows at step {step}")
     is_line = (
         d["param"].astype(str).str.startswith("diag")
         if "param" in d.columns
@@ -92,7 +98,7 @@ def surfaces(df: pd.DataFrame, *, step: int | None = None, loss: str = "loss") -
         ug, vg = np.unique(np.round(u, 9)), np.unique(np.round(v, 9))
         seeds = np.sort(g["seed"].unique())
         if len(ug) < 3 or len(vg) < 3:
-            raise ValueError(
+            raise InputError(
                 f"width {width}: the rate grid has {len(ug)} × {len(vg)} points; "
                 "a landscape needs at least 3 × 3"
             )
@@ -140,12 +146,12 @@ def find_optimum(
     u, v = np.asarray(u, float), np.asarray(v, float)
     L = np.asarray(loss, float)
     if L.shape != (len(u), len(v)):
-        raise ValueError(f"loss has shape {L.shape}, expected {(len(u), len(v))}")
+        raise InputError(f"loss has shape {L.shape}, expected {(len(u), len(v))}")
     if len(u) < 3 or len(v) < 3:
-        raise ValueError(f"a landscape needs at least a 3 × 3 grid, got {len(u)} × {len(v)}")
+        raise InputError(f"a landscape needs at least a 3 × 3 grid, got {len(u)} × {len(v)}")
     finite = np.isfinite(L) & (L > 0)
     if not finite.any():
-        raise ValueError("every cell of the landscape diverged")
+        raise InputError("every cell of the landscape diverged")
     logL = np.where(finite, np.log(np.where(finite, L, 1.0)), np.log(L[finite]).max())
     S = ndimage.gaussian_filter(logL, smooth, mode="nearest") if smooth > 0 else logL
     i0, j0 = np.unravel_index(np.argmin(S), S.shape) if anchor is None else anchor
@@ -188,7 +194,7 @@ def near_optimal(loss: np.ndarray, tol: float = 0.01) -> np.ndarray:
     """Cells whose loss is within ``tol`` (relative) of the best finite loss."""
     L = np.asarray(loss, float)
     if not np.isfinite(L).any():
-        raise ValueError("every cell of the landscape diverged")
+        raise InputError("every cell of the landscape diverged")
     best = np.nanmin(L)
     with np.errstate(invalid="ignore"):
         return np.isfinite(L) & (L <= best * (1 + tol) if best >= 0 else L <= best * (1 - tol))
@@ -200,7 +206,7 @@ def diagonal_best(u: np.ndarray, v: np.ndarray, loss: np.ndarray) -> tuple[float
     u, v = np.asarray(u, float), np.asarray(v, float)
     common = np.intersect1d(np.round(u, 9), np.round(v, 9))
     if common.size == 0:
-        raise ValueError("the η_A and η_B grids share no value: no equal-rate diagonal")
+        raise InputError("the η_A and η_B grids share no value: no equal-rate diagonal")
     iu = np.searchsorted(np.round(u, 9), common)
     iv = np.searchsorted(np.round(v, 9), common)
     diag = np.asarray(loss, float)[iu, iv]
@@ -237,6 +243,45 @@ def optima_table(surfs: Sequence[Surface], **kwargs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gap_table(
+    surfs: Sequence[Surface], *, n_boot: int = 200, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Per width: the relative gap ``(L_diag − L*)/L*`` of the best equal-rate loss behind the
+    best grid loss (as in :func:`optima_table`), with a percentile bootstrap interval over
+    seeds (the same resamples at every width). Columns ``width, gap, ci_low, ci_high``."""
+    if not surfs:
+        raise ValueError("no landscapes")
+    seeds = surfs[0].seeds
+
+    def gaps(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        out = np.empty(len(surfs))
+        for k, s in enumerate(surfs):
+            best = float(np.nanmin(s.mean(idx)))
+            diag, _ = s.diagonal(idx)
+            out[k] = (diag - best) / best if best > 0 else np.nan
+        return out
+
+    point = gaps(np.arange(len(seeds)))
+    low = high = np.full(len(surfs), np.nan)
+    if len(seeds) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (np.arange(len(seeds)),),
+                gaps,
+                n_resamples=n_boot,
+                vectorized=False,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    return pd.DataFrame(
+        {"width": [s.width for s in surfs], "gap": point, "ci_low": low, "ci_high": high}
+    )
+
+
 #: The calculus's prediction for the slopes against log2 n (Adam-type optimizers).
 PREDICTED = {"log2_eta_a": -1.0, "log2_eta_b": 0.0, "log2_ratio": 1.0}
 
@@ -250,39 +295,45 @@ def scaling_fits(
     **kwargs,
 ) -> pd.DataFrame:
     """Slopes against ``log2 n`` of ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` and of the relative
-    gap ``(L_diag − L*)/L*`` (a linear fit: the gap can be negative when the finer equal-rate
-    line beats the grid), with percentile bootstrap intervals over seeds (the same
-    resampled seeds at every width), and the predicted slopes.
+    gap ``(L_diag − L*)/L*`` (a linear fit: the gap is negative where the finer equal-rate line
+    beats the grid), with two percentile bootstrap intervals over seeds (the same resampled
+    seeds at every width, the same resamples for both), and the predicted slopes.
 
-    A resample locates each optimum within the basin the full data selects (the local fit starts
-    from the same grid cell): landscapes of Adam have a long valley along ``η_A·η_B ≈ const``,
-    and a resample that jumps to its far end would measure the valley, not the optimum.
+    ``ci_low``, ``ci_high`` — the free bootstrap: every resample finds its optimum afresh, as the
+    full data's was found. Adam's landscapes have a long, nearly flat valley along
+    ``η_A·η_B ≈ const``; where a resample's optimum jumps to another part of it, this interval
+    shows it. ``anchored_low``, ``anchored_high`` — the anchored bootstrap: each resample's
+    optimum is fitted from the grid cell the full data selects (its basin), so it measures the
+    uncertainty of the optimum within that basin only, conditional on the basin being right.
+    For ``gap`` (no optimum is located) both are the same.
     """
     if len(surfs) < 2:
-        raise ValueError(f"scaling fits need at least two widths, got {len(surfs)}")
+        raise InputError(f"scaling fits need at least two widths, got {len(surfs)}")
     seeds = surfs[0].seeds
     for s in surfs:
         if not np.array_equal(s.seeds, seeds):
-            raise ValueError("every width must have the same seeds")
+            raise InputError("every width must have the same seeds")
     x = np.log2([s.width for s in surfs])
     keys = ["log2_eta_a", "log2_eta_b", "log2_ratio", "gap"]
     anchors = [find_optimum(s.u, s.v, s.mean(), **kwargs).cell for s in surfs]
 
-    def statistic(idx: np.ndarray, anchored: bool = True) -> np.ndarray:
-        idx = np.asarray(idx, dtype=int)
+    def values(idx: np.ndarray, anchored: bool) -> np.ndarray:
         vals = np.empty((len(keys), len(surfs)))
         for k, s in enumerate(surfs):
             M = s.mean(idx)
-            anchor = anchors[k] if anchored else None
-            opt = find_optimum(s.u, s.v, M, anchor=anchor, **kwargs)
+            opt = find_optimum(s.u, s.v, M, anchor=anchors[k] if anchored else None, **kwargs)
             best = np.nanmin(M)
             diag, _ = s.diagonal(idx)
             gap = (diag - best) / best if best > 0 else np.nan
             vals[:, k] = [opt.u, opt.v, opt.v - opt.u, gap]
         return np.array([_ols_slope(x, row) for row in vals])
 
-    point = statistic(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
-    low = high = np.full(len(keys), np.nan)
+    def statistic(idx: np.ndarray) -> np.ndarray:  # free slopes, then the anchored ones
+        idx = np.asarray(idx, dtype=int)
+        return np.concatenate([values(idx, anchored=False), values(idx, anchored=True)[:3]])
+
+    point = values(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
+    low = high = np.full(len(keys) + 3, np.nan)
     if len(seeds) >= 2:
         with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
             warnings.simplefilter("ignore")
@@ -299,12 +350,15 @@ def scaling_fits(
     rows = []
     for k, key in enumerate(keys):
         pred = PREDICTED.get(key)
+        a = len(keys) + k if k < 3 else k  # the anchored interval's index (gap: the same)
         rows.append(
             {
                 "quantity": key,
                 "slope": float(point[k]),
                 "ci_low": float(low[k]),
                 "ci_high": float(high[k]),
+                "anchored_low": float(low[a]),
+                "anchored_high": float(high[a]),
                 "predicted": pred if pred is not None else float("nan"),
             }
         )

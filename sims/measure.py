@@ -3,18 +3,21 @@
 A statistic ``v`` scales as ``Θ(n^γ)``; its measured exponent is the least-squares slope of
 ``log2 mean_seeds |v|`` against ``log2 n``. The confidence interval resamples seeds with
 replacement (``scipy.stats.bootstrap``, percentile method). Diverged rows are left out: a
-diverged seed is dropped at the widths where it diverged and kept where it did not.
+diverged seed is dropped at the widths where it diverged and kept where it did not. A verdict
+(:func:`verdict`) reads the interval against the prediction and against a tolerance band around
+it: ``agrees``, ``close`` (a real departure smaller than the tolerance), ``inconclusive`` or
+``differs``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.params import Parametrization
 
 #: Simulator column → quantity of the exponent calculus (``loraplus_lab.theory.gamma``).
@@ -85,7 +88,7 @@ def log_slopes(
     """
     M = np.abs(np.asarray(values, dtype=float))
     if M.ndim != 3 or M.shape[2] != len(widths):
-        raise ValueError(f"values must have shape (rows, seeds, {len(widths)}), got {M.shape}")
+        raise InputError(f"values must have shape (rows, seeds, {len(widths)}), got {M.shape}")
     R, S, _ = M.shape
     x = np.log2(np.asarray(widths, dtype=float))
     slope = _slope(x, _mean_log2(M, np.ones(S)))
@@ -127,7 +130,7 @@ def log_slope(
     """One statistic: ``values`` is ``(seeds, widths)``; see :func:`log_slopes`."""
     M = np.asarray(values, dtype=float)
     if M.ndim != 2 or M.shape[1] != len(widths):
-        raise ValueError(f"values must have shape (seeds, {len(widths)}), got {M.shape}")
+        raise InputError(f"values must have shape (seeds, {len(widths)}), got {M.shape}")
     s, lo, hi = log_slopes(M[None], widths, n_boot=n_boot, confidence=confidence, seed=seed)
     return float(s[0]), float(lo[0]), float(hi[0])
 
@@ -166,12 +169,12 @@ def fit_slopes(
     by = list(by)
     missing = [c for c in [*by, "width", "seed", "diverged", *quantities] if c not in df.columns]
     if missing:
-        raise ValueError(f"the results have no column {missing[0]!r}")
+        raise InputError(f"the results have no column {missing[0]!r}")
     if df.empty:
-        raise ValueError("the results are empty")
+        raise InputError("the results are empty")
     keys = [*by, "seed", "width"]
     if df.duplicated(keys).any():
-        raise ValueError(f"more than one row per {' × '.join(keys)}")
+        raise InputError(f"more than one row per {' × '.join(keys)}")
     d = df[keys + quantities].copy()
     d.loc[df["diverged"].to_numpy(), quantities] = np.nan
     d["_div"] = df["diverged"].to_numpy()
@@ -245,17 +248,40 @@ def predicted_exponents(
     return pd.DataFrame(rows)
 
 
+#: The verdicts, from best to worst (see :func:`verdict`).
+VERDICTS = ("agrees", "close", "inconclusive", "differs", "no data")
+_SLACK = 1e-9  # round-off slack when an interval's end meets the prediction or the band
+
+
 def verdict(
     slope: float,
     zero: bool,
     predicted: float,
     *,
+    ci_low: float = float("nan"),
+    ci_high: float = float("nan"),
     n_widths: int = 2,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> str:
-    """``"agrees"`` / ``"differs"`` / ``"no data"`` for a measured slope against a prediction.
+    """A measured slope against a predicted exponent ``γ``, using its interval and a tolerance.
 
-    An exactly-zero prediction (``-inf``) agrees only with values that are exactly zero.
+    With a confidence interval ``[lo, hi]`` the verdict reads it against the prediction and
+    against the band ``[γ − tol, γ + tol]`` of departures too small to matter:
+
+    ``"agrees"``
+        the interval contains ``γ`` and lies inside the band;
+    ``"close"``
+        the interval excludes ``γ`` but lies inside the band: a real departure, smaller than the
+        tolerance (at finite widths, typically a correction that fades as ``n`` grows);
+    ``"inconclusive"``
+        the interval contains ``γ`` but reaches outside the band: too wide to rule out a
+        departure larger than the tolerance;
+    ``"differs"``
+        the interval excludes ``γ`` and reaches outside the band.
+
+    Without an interval (one seed, or a deterministic fit) only the point is judged: ``"agrees"``
+    within the tolerance, else ``"differs"``. An exactly-zero prediction (``-inf``) agrees only
+    with values that are exactly zero; ``"no data"`` when fewer than two widths have data.
     """
     if zero:
         return "agrees" if predicted == -np.inf else "differs"
@@ -263,26 +289,34 @@ def verdict(
         return "no data"
     if predicted == -np.inf:
         return "differs"
-    return "agrees" if abs(slope - predicted) <= tolerance else "differs"
+    if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return "agrees" if abs(slope - predicted) <= tolerance + _SLACK else "differs"
+    covers = ci_low - _SLACK <= predicted <= ci_high + _SLACK
+    inside = predicted - tolerance - _SLACK <= ci_low and ci_high <= predicted + tolerance + _SLACK
+    if covers:
+        return "agrees" if inside else "inconclusive"
+    return "close" if inside else "differs"
 
 
 def compare(
     fits: pd.DataFrame, predictions: pd.DataFrame, *, tolerance: float = DEFAULT_TOLERANCE
 ) -> pd.DataFrame:
-    """Join measured slopes and predicted exponents and add a ``verdict`` per row."""
+    """Join measured slopes and predicted exponents and add a ``verdict`` per row
+    (:func:`verdict`, from the slope, its interval and ``tolerance``)."""
     on = [c for c in ("param", "step", "quantity") if c in fits.columns]
     out = fits.merge(predictions, on=on, how="left")
     out["verdict"] = [
-        verdict(r.slope, r.zero, r.predicted, n_widths=r.n_widths, tolerance=tolerance)
+        verdict(
+            r.slope,
+            r.zero,
+            r.predicted,
+            ci_low=r.ci_low,
+            ci_high=r.ci_high,
+            n_widths=r.n_widths,
+            tolerance=tolerance,
+        )
         if pd.notna(r.predicted)
         else "no prediction"
         for r in out.itertuples()
     ]
     return out
-
-
-def exponent_label(value: Fraction | float) -> str:
-    """Text of an exponent: ``-1/2``, ``0`` or ``zero`` for an exactly-zero quantity."""
-    if isinstance(value, float) and value == -np.inf:
-        return "zero"
-    return str(value)

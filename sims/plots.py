@@ -226,8 +226,10 @@ def plot_optimal_rates(
     optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None = None
 ) -> Figure:
     """``log2 η_A*``, ``log2 η_B*`` and ``log2 λ*`` against ``log2 n`` with least-squares lines;
-    the legend gives each fitted slope with its bootstrap interval and the predicted slope."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    the legend gives each fitted slope with its free bootstrap interval (the optimum found afresh
+    in every resample), the anchored one in brackets when ``fits`` has it, and the predicted
+    slope (see :func:`loraplus_lab.sims.landscape.scaling_fits`)."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
     x = np.log2(optima["width"].to_numpy(float))
     names = {"log2_eta_a": "η_A*", "log2_eta_b": "η_B*", "log2_ratio": "λ* = η_B*/η_A*"}
     for k, (key, label) in enumerate(names.items()):
@@ -243,12 +245,18 @@ def plot_optimal_rates(
                 "-",
                 color=PALETTE[k],
                 lw=1.2,
-                label=f"log2 {label}: slope {f.slope:+.2f} [{f.ci_low:+.2f}, "
-                f"{f.ci_high:+.2f}], predicted {f.predicted:+.0f}",
+                label=f"log2 {label}: slope {f.slope:+.2f}, free [{f.ci_low:+.2f}, "
+                f"{f.ci_high:+.2f}]"
+                + (
+                    f" (anchored [{f.anchored_low:+.2f}, {f.anchored_high:+.2f}])"
+                    if "anchored_low" in fits.columns
+                    else ""
+                )
+                + f", predicted {f.predicted:+.0f}",
             )
     ax.set_xlabel("log2 width n")
     ax.set_ylabel("log2 of the optimal rate / ratio")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
@@ -256,8 +264,15 @@ def plot_optimal_rates(
     return fig
 
 
-def plot_loss_gap(optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """Best loss with equal rates against the best loss overall, as the width grows."""
+def plot_loss_gap(
+    optima: pd.DataFrame,
+    fits: pd.DataFrame,
+    *,
+    title: str | None = None,
+    gaps: pd.DataFrame | None = None,
+) -> Figure:
+    """Best loss with equal rates against the best loss overall, as the width grows; the gap
+    per width with its bootstrap interval when ``gaps`` (``landscape.gap_table``) is given."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.5))
     w = optima["width"]
     ax1.plot(w, optima["best_loss"], "o-", color=PALETTE[0], label="best on the (η_A, η_B) grid")
@@ -271,13 +286,17 @@ def plot_loss_gap(optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None
     ax1.grid(True, alpha=0.3)
     f = fits[fits["quantity"] == "gap"].iloc[0]
     ax2.plot(w, 100 * optima["gap"], "D-", color=PALETTE[2])
+    if gaps is not None:
+        yerr = 100 * np.abs(gaps[["ci_low", "ci_high"]].to_numpy().T - gaps["gap"].to_numpy())
+        ax2.errorbar(gaps["width"], 100 * gaps["gap"], yerr=yerr, fmt="none",
+                     ecolor=PALETTE[2], capsize=3, lw=1)  # fmt: skip
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("width n")
     ax2.set_ylabel("equal-rate penalty (L_diag − L*)/L*  [%]")
     ax2.axhline(0, color="0.4", lw=0.8)
     ax2.set_title(
-        f"gap per doubling of n: {100 * f.slope:+.1f} points "
-        f"[{100 * f.ci_low:+.1f}, {100 * f.ci_high:+.1f}]",
+        f"gap per doubling of n: {100 * f.slope:+.1f} points\n"
+        f"95% CI [{100 * f.ci_low:+.1f}, {100 * f.ci_high:+.1f}] (bootstrap over seeds)",
         fontsize=8,
     )
     ax2.grid(True, alpha=0.3)

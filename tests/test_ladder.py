@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -254,21 +253,29 @@ def test_jobs_are_staged_and_keys_stable(tmp_path: Path) -> None:
     assert {j.key for j in ladder_jobs(changed)} & {j.key for j in ft} == set()
 
 
-def _run_cmd(spec_path: Path, out: Path, cache: Path) -> list[str]:
-    code = (
-        "import sys\n"
-        "from loraplus_lab.sims.realmodels.ladder import load_ladder_spec, run_ladder\n"
-        "if __name__ == '__main__':\n"
-        "    run_ladder(load_ladder_spec(sys.argv[1]), sys.argv[2], executor='local',"
-        " workers=2, progress=False)\n"
-    )
-    return [sys.executable, "-c", code, str(spec_path), str(out)]
+def _run_cmd(spec_path: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "loraplus_lab.sims.cli",
+        "ladder",
+        str(spec_path),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--quiet",
+        "--boot",
+        "19",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_tiny_ladder_end_to_end_then_kill_and_resume(tmp_path: Path, monkeypatch) -> None:
-    """The stages run to the end (refinement included); a run SIGKILLed at random moments —
-    during pretraining and during the landscapes — resumes to the same results, bit for bit."""
+    """The stages run to the end (refinement included); a `loraplus-lab ladder` run SIGKILLed at
+    random moments — during pretraining and during the landscapes — and then `--resume`d gives
+    the same results, bit for bit."""
     spec_path = tmp_path / "tiny.toml"
     spec_path.write_text(tiny_spec_text(tmp_path))
     spec = parse_ladder_spec(spec_path.read_text(), str(spec_path))
@@ -286,29 +293,121 @@ def test_tiny_ladder_end_to_end_then_kill_and_resume(tmp_path: Path, monkeypatch
 
     env = {**os.environ, "LORAPLUS_CACHE": str(tmp_path / "cache-b"), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "killed"
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(12):
+    bases = tmp_path / "cache-b" / "bases"
+
+    def pretraining() -> bool:  # a base's lock is held and the base is not finished
+        return any(not p.with_suffix("").exists() for p in bases.glob("*.lock"))
+
+    def landscape() -> bool:  # some finetuning jobs are written, not all
+        done = len(list((out / "jobs").glob("*.parquet"))) if (out / "jobs").is_dir() else 0
+        return 2 < done < 10
+
+    for moment in (pretraining, landscape):  # SIGKILL of the whole run at each moment
         proc = subprocess.Popen(
-            _run_cmd(spec_path, out, tmp_path),
+            _run_cmd(spec_path, out),
             env=env,
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(2.0, 6.0))
-        if proc.poll() is not None:
-            break
+        deadline = time.monotonic() + 300
+        while not moment() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before {moment.__name__}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        kills += 1
-        if kills >= 3:
-            break
-    assert kills >= 1
-    subprocess.run(_run_cmd(spec_path, out, tmp_path), env=env, check=True, timeout=600)
+    resume = [sys.executable, "-m", "loraplus_lab.sims.cli", "ladder", "--resume", "--out"]
+    finish = (
+        [*resume, str(out), "--quiet", "--boot", "19"]
+        if (out / "spec.json").exists()  # killed after the store was made: --resume
+        else _run_cmd(spec_path, out)  # killed while starting: the same command again
+    )
+    done = subprocess.run(
+        finish,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "slopes against log2 n" in done.stdout and "per width" in done.stdout
     resumed = load(out)
     cols = [c for c in whole.columns if c != "seconds"]
     key = ["job", "part", "width", "seed", "config", "step"] if "job" in cols else None
     a = whole[cols].sort_values(key or cols[:6]).reset_index(drop=True)
     b = resumed[cols].sort_values(key or cols[:6]).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+
+
+# ------------------------------------------------------------------------ the command line
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('arch = "gpt2"', 'arch = "bert"', 'unknown architecture "bert"'),
+        ("widths = [32, 64]", "widths = [32, 40]", "divisible by the head dimension 16, got 40"),
+        ("seeds = 2", "seeds = 0", "seeds"),
+        ("steps = 4\n", "steps = 0\n", "finetune.steps"),
+        ("step = 1\nrefine", "step = -1\nrefine", "grid.step"),
+    ],
+)
+def test_cli_bad_spec_one_line_exit_2_nothing_written(tmp_path, capsys, old, new, message) -> None:
+    from loraplus_lab.sims.cli import main
+
+    text = tiny_spec_text(tmp_path)
+    assert old in text
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text.replace(old, new, 1))
+    out = tmp_path / "out"
+    assert main(["ladder", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", "is empty"), (b"\x00\x01", "binary")])
+def test_cli_bad_corpus_exit_2(tmp_path, capsys, content, message) -> None:
+    from loraplus_lab.sims.cli import main
+
+    text = tiny_spec_text(tmp_path)
+    bad = tmp_path / "corpus.txt"
+    bad.write_bytes(content)
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text.replace(str(tmp_path / "prose.txt"), str(bad)))
+    assert main(["ladder", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "corpus.txt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_resume_needs_a_ladder_store(tmp_path, capsys) -> None:
+    from loraplus_lab.sims.cli import main
+
+    assert main(["ladder", "--resume"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["ladder", "--resume", "--out", str(tmp_path / "nothing")]) == 2
+    assert "holds no sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_figures_in_fast_mode(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`loraplus-lab figures --fast --only real_…`: the tiny ladder runs from an empty cache,
+    the three figures, their data and the printed report with intervals are written, and the
+    gallery states the measured numbers."""
+    from loraplus_lab.sims import figures
+    from loraplus_lab.sims.cli import main
+
+    monkeypatch.setenv("LORAPLUS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LORAPLUS_LADDER_BOOT", "49")
+    out = tmp_path / "figs"
+    names = "real_landscapes,real_optimal_rates,real_speedup"
+    assert main(["figures", "--fast", "--only", names, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pretrained bases" in text and "slopes against log2 n" in text
+    assert "speed-up over tuned LoRA" in text and "[" in text
+    for n in names.split(","):
+        assert (out / f"{n}.png").stat().st_size > 10_000
+    data = pd.read_csv(out / "data" / "real_ladder.csv")
+    assert {"pretrain", "finetune"} == set(data["part"]) and set(data["width"]) == {32, 64}
+    full = figures.readme_text({"real_ladder": data})
+    assert "Measured slopes against log2 n" in full and "Measured speed-up" in full
+    assert "Measured share of the best run's finetuning gain" in full

@@ -75,22 +75,64 @@ def _rows(width: int, L: np.ndarray, seeds=(0, 1, 2)) -> pd.DataFrame:
 
 def test_scaling_fits_recover_the_predicted_slopes() -> None:
     widths = [64, 256, 1024, 4096]
-    # optimum at log2 η_A* = 2 − log2 n, log2 η_B* = −5, and a diagonal penalty growing with n
+    a, b = 0.3, 0.2
+    # optimum at log2 η_A* = 2 − log2 n, log2 η_B* = −5.2: it moves away from the diagonal
     df = pd.concat(
-        [_rows(w, bowl(2 - np.log2(w), -5.2, c=0.0) * (1 + 0.0 * w)) for w in widths],
+        [_rows(w, bowl(2 - np.log2(w), -5.2, a=a, b=b, c=0.0)) for w in widths],
         ignore_index=True,
     )
     surfs = landscape.surfaces(df)
     assert [s.width for s in surfs] == widths
     table = landscape.optima_table(surfs)
-    assert table["gap"].iloc[-1] > table["gap"].iloc[0]  # the optimum leaves the diagonal
+    # the gap of the noise-free bowl, from its definition: the best diagonal cell against the
+    # best cell, log L = log floor + a(u − u0)² + b(v − v0)²
+    uu, vv = np.meshgrid(U, V, indexing="ij")
+    expected = []
+    for w in widths:
+        E = a * (uu - (2 - np.log2(w))) ** 2 + b * (vv + 5.2) ** 2
+        expected.append(np.expm1(E[uu == vv].min() - E.min()))
+    expected = np.array(expected)
+    assert expected[-1] > 10 * expected[0]  # the optimum has left the diagonal
+    # the loss ratio 1 + gap carries the noise (1% per seed and cell, 3 seeds): within 3%
+    np.testing.assert_allclose(np.log1p(table["gap"]), np.log1p(expected), rtol=0, atol=0.03)
     fits = landscape.scaling_fits(surfs, n_boot=50).set_index("quantity")
     assert fits.loc["log2_eta_a", "slope"] == pytest.approx(-1.0, abs=0.05)
     assert fits.loc["log2_eta_b", "slope"] == pytest.approx(0.0, abs=0.05)
     assert fits.loc["log2_ratio", "slope"] == pytest.approx(1.0, abs=0.05)
-    assert fits.loc["gap", "slope"] > 0
+    gap_slope = np.polyfit(np.log2(widths), expected, 1)[0]
+    assert fits.loc["gap", "slope"] == pytest.approx(gap_slope, rel=0.03)
     assert (fits["ci_low"] <= fits["slope"] + 1e-9).all()
     assert (fits["slope"] <= fits["ci_high"] + 1e-9).all()
+    assert (fits["anchored_low"] <= fits["slope"] + 1e-9).all()
+    assert (fits["slope"] <= fits["anchored_high"] + 1e-9).all()
+    gaps = landscape.gap_table(surfs, n_boot=50)
+    np.testing.assert_allclose(gaps["gap"], table["gap"], rtol=1e-12)
+    assert (gaps["ci_low"] <= gaps["gap"] + 1e-12).all()
+    assert (gaps["gap"] <= gaps["ci_high"] + 1e-12).all()
+
+
+def test_free_bootstrap_refinds_the_optimum_anchored_does_not() -> None:
+    """Two basins of nearly equal depth at every width, which of them is deeper varying from
+    seed to seed: the free bootstrap finds the optimum afresh in every resample and its
+    interval spans the jump between basins; the anchored one stays in the full data's basin."""
+    widths = [64, 256, 1024, 4096]
+    rng = np.random.default_rng(0)
+    frames = []
+    for w in widths:
+        u1 = 2 - np.log2(w)  # the basin that follows 1/n
+        for seed in range(8):
+            depth = 1.0 + 0.05 * rng.standard_normal(2)  # which basin wins varies by seed
+            L = np.minimum(
+                depth[0] * bowl(u1, -5.0, a=0.5, b=0.5, c=0.0),
+                depth[1] * bowl(-3.0, -12.0, a=0.5, b=0.5, c=0.0),
+            )
+            frames.append(_rows(w, L, seeds=(seed,)))
+    surfs = landscape.surfaces(pd.concat(frames, ignore_index=True))
+    fits = landscape.scaling_fits(surfs, n_boot=200).set_index("quantity")
+    r = fits.loc["log2_eta_a"]
+    free, anchored = r.ci_high - r.ci_low, r.anchored_high - r.anchored_low
+    assert free > 1.0 and free > 10 * anchored, (free, anchored)
+    assert fits.loc["gap", "ci_low"] == fits.loc["gap", "anchored_low"]
 
 
 def test_bad_grids_and_single_width() -> None:
@@ -108,15 +150,43 @@ def test_bad_grids_and_single_width() -> None:
         landscape.find_optimum(U, V, np.full((16, 16), np.nan))
 
 
-def test_figure_built_end_to_end_in_fast_mode(tmp_path: Path, capsys) -> None:
+def test_figure_built_end_to_end_in_fast_mode(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast figure can never be mistaken for a result: its title, the printed report, the
+    gallery's header and every caption say it is a fast preview."""
+    from loraplus_lab.sims import figures
+
+    titles = []
+    real_mark = figures.mark_fast
+
+    def spy(fig):
+        real_mark(fig)
+        titles.append([fig.get_suptitle()] + [ax.get_title() for ax in fig.axes])
+
+    monkeypatch.setattr(figures, "mark_fast", spy)
     out = tmp_path / "figs"
     assert main(["figures", "--fast", "--only", "linear_optimal_rates", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "slope of log2_eta_a" in text and "predicted -1" in text
+    assert "free [" in text and "anchored [" in text
+    assert text.lower().count("fast preview") >= 2  # the figure's line and its report
+    assert len(titles) == 1 and any(t.startswith("[FAST PREVIEW") for t in titles[0])
     assert (out / "linear_optimal_rates.png").stat().st_size > 10_000
     assert (out / "data" / "linear_landscape.csv").stat().st_size > 0
     readme = (out / "README.md").read_text()
     assert "## linear_optimal_rates" in readme and "loraplus-lab figures --only" in readme
+    assert readme.startswith("# Figures — FAST PREVIEW, not results")
+    captions = [b.split("\n\n")[2] for b in readme.split("## ")[1:]]
+    assert len(captions) == len(figures.FIGURES)
+    assert all(c.startswith(f"**{figures.FAST_MARK}.**") for c in captions)
+    # the gallery of a full run carries no mark, and the measured numbers of the figures whose
+    # data it has, with their intervals
+    data = {"linear_landscape": pd.read_csv(out / "data" / "linear_landscape.csv")}
+    full = figures.readme_text(data)
+    assert "FAST" not in full
+    assert "Measured slopes against log2 n" in full and "free [" in full
+    assert "Measured gap (L_diag − L*)/L*" in full
 
 
 def test_gd_gap_figure_built_in_fast_mode(tmp_path: Path, capsys) -> None:

@@ -94,8 +94,56 @@ def test_all_diverged_is_no_data() -> None:
         (0.0, False, -np.inf, "differs"),
     ],
 )
-def test_verdicts(slope: float, zero: bool, predicted: float, expected: str) -> None:
+def test_verdicts_without_an_interval(
+    slope: float, zero: bool, predicted: float, expected: str
+) -> None:
     assert verdict(slope, zero, predicted) == expected
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    "slope, lo, hi, predicted, expected",
+    [
+        # the interval contains the prediction and lies within ±0.15 of it
+        (0.01, -0.02, 0.04, 0.0, "agrees"),
+        (-0.99, -1.02, -0.97, -1.0, "agrees"),
+        # LoRA+ δ¹ in the default sweep: the interval excludes 0, all of it within ±0.15
+        (0.01, 0.002, 0.020, 0.0, "close"),
+        (-0.93, -0.95, -0.90, -1.0, "close"),
+        # contains the prediction but reaches beyond the band: too wide to tell
+        (0.05, -0.10, 0.30, 0.0, "inconclusive"),
+        # excludes the prediction and leaves the band
+        (0.12, 0.05, 0.20, 0.0, "differs"),
+        (1.25, 1.20, 1.34, 1.0, "differs"),
+        # a point estimate inside the band does not rescue an interval outside it
+        (0.14, 0.13, 0.40, 0.0, "differs"),
+        # exactly at the edges (round-off slack)
+        (0.0, 0.0, 0.15, 0.0, "agrees"),
+    ],
+)
+def test_verdicts_read_the_interval_against_prediction_and_tolerance(
+    slope: float, lo: float, hi: float, predicted: float, expected: str
+) -> None:
+    assert verdict(slope, False, predicted, ci_low=lo, ci_high=hi) == expected
+
+
+def test_compare_uses_the_intervals() -> None:
+    """A slope whose interval excludes the prediction by less than the tolerance is "close",
+    not "agrees", through fit_slopes and compare as the sweep uses them."""
+    from loraplus_lab.sims.measure import compare
+
+    rng = np.random.default_rng(2)
+    w = np.asarray(WIDTHS, float)
+    vals = w**0.05 * rng.lognormal(0.0, 0.01, size=(16, len(WIDTHS)))  # slope 0.05, tight
+    fits = fit_slopes(_frame(vals), ["delta1"])
+    pred = pd.DataFrame({"param": ["p"], "step": [1], "quantity": ["delta1"], "predicted": [0.0]})
+    row = compare(fits, pred).iloc[0]
+    assert row.ci_low > 0 and row.ci_high < 0.15
+    assert row.verdict == "close"
+    assert compare(fits, pred.assign(predicted=0.05)).iloc[0].verdict == "agrees"
+    assert compare(fits, pred.assign(predicted=-0.2)).iloc[0].verdict == "differs"
 
 
 def test_missing_column_is_a_clear_error() -> None:

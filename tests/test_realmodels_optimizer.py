@@ -6,8 +6,10 @@ Regression tests are named after the PEFT ``create_loraplus_optimizer`` pitfall 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -489,18 +491,327 @@ def test_weight_decay_for_optimizer_without_decay_is_rejected() -> None:
         create_loraplus_optimizer(model, NoDecaySGD, lr=LR, ratio=RATIO, weight_decay=0.1)
 
 
-@pytest.mark.parametrize("policy", ["theory", "peft"])
-def test_model_without_lora_is_rejected(policy: str) -> None:
+def test_model_without_lora_is_rejected_by_the_theory_policy() -> None:
+    """With no LoRA factor there is no η_B to set: the theory policy refuses the model (PEFT,
+    and policy="peft", return a full fine-tune instead: see the ported PEFT tests below)."""
     torch.manual_seed(0)
     plain = GPT2ForSequenceClassification(GPT2Config(
         n_embd=N_EMBD, n_layer=1, n_head=4, vocab_size=VOCAB, n_positions=32, pad_token_id=0,
         bos_token_id=1, eos_token_id=1,
     ))  # fmt: skip
     with pytest.raises(ValueError, match="no trainable LoRA") as err:
-        create_loraplus_optimizer(plain, torch.optim.AdamW, lr=LR, ratio=RATIO, policy=policy)
+        create_loraplus_optimizer(plain, torch.optim.AdamW, lr=LR, ratio=RATIO)
     assert "\n" not in str(err.value)
     frozen = gpt2_lora(embedding=False)
     for p in frozen.parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable LoRA"):
-        create_loraplus_optimizer(frozen, torch.optim.AdamW, lr=LR, ratio=RATIO, policy=policy)
+        create_loraplus_optimizer(frozen, torch.optim.AdamW, lr=LR, ratio=RATIO)
+
+
+def test_peft_policy_refuses_peft_before_0_21(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PEFT ≤ 0.20 grouped embedding LoRA differently (at η_A, in groupA): not reproduced."""
+    monkeypatch.setattr(peft, "__version__", "0.20.0")
+    with pytest.raises(ValueError, match="PEFT >= 0.21.*0.20.0") as err:
+        create_loraplus_optimizer(gpt2_lora(), torch.optim.AdamW, lr=LR, ratio=RATIO,
+                                  policy="peft")  # fmt: skip
+    assert "\n" not in str(err.value)
+    create_loraplus_optimizer(gpt2_lora(), torch.optim.AdamW, lr=LR, ratio=RATIO)  # theory: fine
+
+
+# ------------------------------------------------------------------------------------------
+# PEFT's own LoRA+ tests (its tests/test_loraplus.py), ported: helper success, optimizer
+# success, embedding rate, and a model that is not a PeftModel
+
+
+class TinyNet(torch.nn.Module):
+    """The network of PEFT's LoRA+ tests: embedding → LayerNorm → linear → ReLU → linear."""
+
+    def __init__(self, bias: bool = True) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(100, 20)
+        self.layer_norm = torch.nn.LayerNorm(20)
+        self.lin0 = torch.nn.Linear(20, 20, bias=bias)
+        self.lin1 = torch.nn.Linear(20, 16, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin1(torch.relu(self.lin0(self.layer_norm(self.embedding(x)))))
+
+
+def tiny_net(kind: str, seed: int = 0) -> torch.nn.Module:
+    """``plain`` (no LoRA), ``peft`` (get_peft_model, LoRA on the embedding and lin0) or
+    ``injected`` (the same LoRA layers put in place without a PeftModel wrapper)."""
+    torch.manual_seed(seed)
+    net = TinyNet()
+    config = LoraConfig(target_modules=["embedding", "lin0"])
+    if kind == "peft":
+        net = get_peft_model(net, config)
+    elif kind == "injected":
+        net = peft.inject_adapter_in_model(config, net)
+    return randomize_b(net) if kind != "plain" else net
+
+
+def cross_entropy_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int) -> float:
+    """PEFT's step: token ids (2, 4, 10) → logits over 16 classes, cross-entropy."""
+    g = torch.Generator().manual_seed(5)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        x = torch.randint(100, (2, 4, 10), generator=g)
+        label = torch.randint(16, (2, 4, 10), generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x).permute(0, 3, 1, 2), label)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+LR_T, RATIO_T, EMB_T = 5e-5, 1.2, 1e-6  # PEFT's test values
+
+
+def assert_same_groups(ours, ours_model, ref, ref_model) -> None:
+    """Same parameters (by name) in the same order in every group, same hyperparameters."""
+    assert list(names_by_group(ours, ours_model).values()) == list(
+        names_by_group(ref, ref_model).values()
+    )
+    for g_ours, g_ref in zip(ours.param_groups, ref.param_groups, strict=True):
+        assert {k: v for k, v in g_ours.items() if k not in ("params", "name")} == {
+            k: v for k, v in g_ref.items() if k != "params"
+        }
+
+
+def test_ported_helper_success_on_a_model_without_lora() -> None:
+    """PEFT's "helper success": a plain network (no PEFT wrapper, no LoRA layer) gets four
+    groups at η, lr_embedding, λ·η, λ·η. policy="peft" returns exactly PEFT's optimizer; the
+    theory policy refuses a model without LoRA factors (module docstring)."""
+    hp = dict(eps=1e-6, betas=(0.9, 0.999))
+    ours_model, ref_model = tiny_net("plain"), tiny_net("plain")
+    ours = create_loraplus_optimizer(
+        ours_model, torch.optim.AdamW, lr=LR_T, ratio=RATIO_T, policy="peft",
+        lr_embedding=EMB_T, weight_decay=0.0, **hp,
+    )  # fmt: skip
+    ref = peft_create_loraplus_optimizer(
+        ref_model, torch.optim.AdamW, lr=LR_T, loraplus_lr_ratio=RATIO_T,
+        loraplus_lr_embedding=EMB_T, loraplus_weight_decay=0.0, **hp,
+    )  # fmt: skip
+    assert [g["lr"] for g in ours.param_groups] == [LR_T, EMB_T, LR_T * RATIO_T, LR_T * RATIO_T]
+    assert_same_groups(ours, ours_model, ref, ref_model)
+    assert names_by_group(ours, ours_model)["groupA"] == ["embedding.weight", "lin0.weight",
+                                                         "lin1.weight"]  # fmt: skip
+    with pytest.raises(ValueError, match="no trainable LoRA"):
+        create_loraplus_optimizer(tiny_net("plain"), torch.optim.AdamW, lr=LR_T, ratio=RATIO_T)
+
+
+@pytest.mark.parametrize(
+    "kind, policy",
+    [("plain", "peft"), ("peft", "peft"), ("injected", "peft"), ("peft", "theory"),
+     ("injected", "theory")],
+)  # fmt: skip
+def test_ported_optimizer_success(kind: str, policy: str) -> None:
+    """PEFT's "optimizer success": the optimizer is built and steps. policy="peft" moves every
+    parameter exactly as PEFT's own optimizer does; the theory policy trains every LoRA factor
+    (plain networks have none and are refused, see above)."""
+    model = tiny_net(kind)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, ratio=RATIO_T,
+                                    policy=policy)  # fmt: skip
+    loss = cross_entropy_steps(model, opt, 3)
+    assert math.isfinite(loss)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(not torch.equal(model.get_parameter(n), before[n]) for n in trainable)
+    if policy == "peft":
+        ref_model = tiny_net(kind)
+        ref = peft_create_loraplus_optimizer(ref_model, torch.optim.AdamW, lr=1e-3,
+                                             loraplus_lr_ratio=RATIO_T)  # fmt: skip
+        cross_entropy_steps(ref_model, ref, 3)
+        assert_same_params(model, ref_model)
+
+
+@pytest.mark.parametrize("kind", ["peft", "injected"])
+def test_ported_embedding_lora_lands_in_the_embedding_group(kind: str) -> None:
+    """PEFT's "embedding lr" (its bugs #1915 and #3499): both factors of embedding LoRA train at
+    lr_embedding, lin0's A at η and B at λ·η — under policy="peft" exactly as PEFT ≥ 0.21 does,
+    and under the theory policy when lr_embedding is given (by default it is λ·η)."""
+    ref_model = tiny_net(kind)
+    ref = peft_create_loraplus_optimizer(ref_model, torch.optim.AdamW, lr=LR_T,
+                                         loraplus_lr_ratio=RATIO_T,
+                                         loraplus_lr_embedding=EMB_T)  # fmt: skip
+
+    def by_lr(opt, model) -> dict[float, set[str]]:
+        out: dict[float, set[str]] = {}
+        for name, group in group_of(opt, model).items():
+            out.setdefault(group["lr"], set()).add(short(name))
+        return out
+
+    expected = {
+        EMB_T: {"embedding.lora_embedding_A.default", "embedding.lora_embedding_B.default"},
+        LR_T: {"lin0.lora_A.default.weight"},
+        LR_T * RATIO_T: {"lin0.lora_B.default.weight"},
+    }
+    assert by_lr(ref, ref_model) == expected
+    for policy in ("peft", "theory"):
+        model = tiny_net(kind)
+        opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=LR_T, ratio=RATIO_T,
+                                        policy=policy, lr_embedding=EMB_T)  # fmt: skip
+        assert by_lr(opt, model) == expected, policy
+        if policy == "peft":
+            assert_same_groups(opt, model, ref, ref_model)
+    model = tiny_net(kind)
+    opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=LR_T, ratio=RATIO_T)
+    groups = {short(n): g for n, g in group_of(opt, model).items()}
+    assert groups["embedding.lora_embedding_A.default"]["lr"] == LR_T * RATIO_T
+    assert groups["embedding.lora_embedding_A.default"]["name"] == "lora_embedding"
+
+
+# ------------------------------------------------------------------------------------------
+# learning rates as numpy scalars and 0-d tensors, passed through as PEFT does
+
+
+LR_ODD = 3e-4  # a rate whose float32 rounding changes the Adam steps (1e-3 happens not to)
+
+
+def _lr_variants() -> list:
+    return [np.float32(LR_ODD), np.float64(LR_ODD), torch.tensor(LR_ODD, dtype=torch.float64),
+            torch.tensor(LR_ODD, dtype=torch.float32)]  # fmt: skip
+
+
+@pytest.mark.parametrize("lr", _lr_variants(), ids=["np.float32", "np.float64", "tensor64",
+                                                    "tensor32"])  # fmt: skip
+def test_peft_policy_passes_rate_types_through_like_peft(lr) -> None:
+    """PEFT hands ``lr`` and ``λ·lr`` to the optimizer as they are: a numpy float32 makes
+    ``λ·η`` a float32 and the Adam step is computed in its precision. policy="peft" must do
+    the same: same group rates (type and value) and identical parameters after 5 steps."""
+    ours_model, ref_model = gpt2_lora(), gpt2_lora()
+    ours = create_loraplus_optimizer(ours_model, torch.optim.AdamW, lr=lr, ratio=RATIO,
+                                     policy="peft", weight_decay=WD)  # fmt: skip
+    ref = peft_create_loraplus_optimizer(ref_model, torch.optim.AdamW, lr=lr,
+                                         loraplus_lr_ratio=RATIO,
+                                         loraplus_weight_decay=WD)  # fmt: skip
+    for g_ours, g_ref in zip(ours.param_groups, ref.param_groups, strict=True):
+        assert type(g_ours["lr"]) is type(g_ref["lr"])
+        assert float(g_ours["lr"]) == float(g_ref["lr"])
+    train(ours_model, ours)
+    train(ref_model, ref)
+    assert_same_params(ours_model, ref_model)
+
+
+def test_a_float32_rate_is_not_converted() -> None:
+    """The difference is real: PEFT with ``np.float32(η)`` and with ``float(np.float32(η))``
+    give different parameters after 5 steps, and the theory policy at λ = 1 with a float32 rate
+    equals torch's AdamW given that same float32 rate, bit for bit."""
+    lr = np.float32(LR_ODD)
+    runs = {}
+    for name, value in (("float32", lr), ("python", float(lr))):
+        model = gpt2_lora()
+        opt = peft_create_loraplus_optimizer(model, torch.optim.AdamW, lr=value,
+                                             loraplus_lr_ratio=RATIO)  # fmt: skip
+        train(model, opt)
+        runs[name] = dict(model.named_parameters())
+    differ = [n for n, p in runs["float32"].items() if not torch.equal(p, runs["python"][n])]
+    assert differ  # a conversion to float would change the results
+    ours_model, ref_model = gpt2_lora(), gpt2_lora()
+    ours = create_loraplus_optimizer(ours_model, torch.optim.AdamW, lr=lr, ratio=1.0,
+                                     weight_decay=WD)  # fmt: skip
+    trainable = [p for p in ref_model.parameters() if p.requires_grad]
+    ref = torch.optim.AdamW(
+        [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": WD},
+         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}],
+        lr=lr,
+    )  # fmt: skip
+    assert all(type(g["lr"]) is np.float32 for g in ours.param_groups)
+    train(ours_model, ours)
+    train(ref_model, ref)
+    assert_same_params(ours_model, ref_model)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([LR, LR]), torch.tensor(True), np.bool_(True),
+                                 torch.tensor(-LR), np.float32("nan")])  # fmt: skip
+def test_bad_rate_types_are_one_line_errors(bad) -> None:
+    with pytest.raises(ValueError, match="lr") as err:
+        create_loraplus_optimizer(gpt2_lora(), torch.optim.AdamW, lr=bad, ratio=RATIO)
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------
+# bitsandbytes 8-bit optimizers: embeddings keep 32-bit state (a stub stands in for
+# bitsandbytes, which needs a GPU build)
+
+
+class _Manager:
+    def __init__(self) -> None:
+        self.overrides: list[tuple[torch.nn.Module, str, dict]] = []
+
+    def register_module_override(self, module, name, config) -> None:
+        self.overrides.append((module, name, config))
+
+
+@pytest.fixture
+def bnb_stub(monkeypatch: pytest.MonkeyPatch):
+    """A ``bitsandbytes`` module with a recording ``GlobalOptimManager`` and three optimizer
+    classes: ``AdamW8bit`` (PEFT's name), ``AdamW`` taking ``optim_bits`` (what transformers'
+    ``optim="adamw_bnb_8bit"`` builds) and a 32-bit ``AdamW32bit``."""
+    import types
+
+    manager = _Manager()
+    bnb = types.ModuleType("bitsandbytes")
+    bnb.optim = types.ModuleType("bitsandbytes.optim")
+    bnb.optim.GlobalOptimManager = types.SimpleNamespace(get_instance=lambda: manager)
+
+    def make(name: str):
+        def __init__(self, params, lr=1e-3, optim_bits=32, **kw):
+            torch.optim.AdamW.__init__(self, params, lr=lr, **kw)
+
+        attrs = {"__init__": __init__, "__module__": "bitsandbytes.optim.adamw"}
+        return type(name, (torch.optim.AdamW,), attrs)
+
+    for name in ("AdamW8bit", "AdamW", "AdamW32bit"):
+        setattr(bnb.optim, name, make(name))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", bnb)
+    monkeypatch.setitem(sys.modules, "bitsandbytes.optim", bnb.optim)
+    return bnb, manager
+
+
+@pytest.mark.parametrize("policy", ["theory", "peft"])
+def test_eight_bit_optimizers_keep_embeddings_in_32_bit(bnb_stub, policy: str) -> None:
+    bnb, manager = bnb_stub
+    model = gpt2_lora()
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(embeddings) >= 2  # wte (the LoRA layer's base) and wpe
+    create_loraplus_optimizer(model, bnb.optim.AdamW8bit, lr=LR, ratio=RATIO, policy=policy)
+    assert [m for m, *_ in manager.overrides] == embeddings
+    assert all((name, cfg) == ("weight", {"optim_bits": 32}) for _, name, cfg in manager.overrides)
+    # PEFT's own function registers the same modules
+    manager.overrides.clear()
+    peft_create_loraplus_optimizer(model, bnb.optim.AdamW8bit, lr=LR, loraplus_lr_ratio=RATIO)
+    assert [m for m, *_ in manager.overrides] == embeddings
+    # a bitsandbytes optimizer with optim_bits=8 (the Trainer's adamw_bnb_8bit) too; 32-bit not
+    manager.overrides.clear()
+    create_loraplus_optimizer(model, bnb.optim.AdamW, lr=LR, ratio=RATIO, policy=policy,
+                              optim_bits=8)  # fmt: skip
+    assert [m for m, *_ in manager.overrides] == embeddings
+    manager.overrides.clear()
+    create_loraplus_optimizer(model, bnb.optim.AdamW32bit, lr=LR, ratio=RATIO, policy=policy)
+    create_loraplus_optimizer(model, bnb.optim.AdamW, lr=LR, ratio=RATIO, policy=policy)
+    create_loraplus_optimizer(model, torch.optim.AdamW, lr=LR, ratio=RATIO, policy=policy)
+    assert manager.overrides == []
+
+
+def test_trainer_applies_the_eight_bit_override(bnb_stub, tmp_path) -> None:
+    """LoraPlusTrainer.create_optimizer with the optimizer transformers builds for
+    ``optim="adamw_bnb_8bit"`` (a bitsandbytes class with ``optim_bits=8``)."""
+    from transformers import TrainingArguments
+
+    from loraplus_lab.sims.realmodels.train import LoraPlusTrainer
+
+    bnb, manager = bnb_stub
+    model = gpt2_lora()
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), report_to="none", use_cpu=True,
+                             learning_rate=LR, weight_decay=WD)  # fmt: skip
+    eight_bit = (bnb.optim.AdamW, {"optim_bits": 8})
+    trainer = LoraPlusTrainer(model=model, args=args, loraplus_ratio=RATIO,
+                              optimizer_cls_and_kwargs=eight_bit)  # fmt: skip
+    opt = trainer.create_optimizer()
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert [m for m, *_ in manager.overrides] == embeddings
+    audit = optimizer_audit(opt, model).set_index("group")
+    assert audit.loc["lora_B", "lr"] == pytest.approx(LR * RATIO)
+    assert audit.loc["lora_A", "weight_decay"] == WD  # honoured, unlike the authors' trainer

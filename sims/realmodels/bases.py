@@ -26,6 +26,7 @@ The finished folder appears by one rename, so a folder that exists is complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loraplus_lab.sims.checks import InputError
+from loraplus_lab.sims.files import atomic_write, partial_dir, publish_dir
 from loraplus_lab.sims.realmodels import corpus as corpora
 from loraplus_lab.sims.realmodels.ladder_config import (  # noqa: F401 - re-exported
     BASE_VERSION,
@@ -73,6 +76,15 @@ def mup_param_groups(model: nn.Module, lr: float, n0: int) -> list[dict[str, Any
     return groups
 
 
+def precision(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, Any]:
+    """Parameter dtype and forward context for a computation dtype: float32 and float64 run as
+    they are; bfloat16 keeps float32 parameters (adapters, optimizer state) and runs the forward
+    passes under ``torch.autocast`` (bf16 matrix products), as mixed-precision training does."""
+    if dtype == torch.bfloat16:
+        return torch.float32, torch.autocast(device.type, dtype=torch.bfloat16)
+    return dtype, contextlib.nullcontext()
+
+
 def lm_loss(logits: torch.Tensor, tokens: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """Mean next-token cross-entropy (nats per byte) of each of ``groups`` equal blocks of the
     batch: ``logits (G·b, L, V)`` for ``tokens (G·b, L)``; returns ``(G,)``."""
@@ -89,8 +101,6 @@ def eval_loss(
 ) -> float:
     """Mean next-token loss of ``model`` over the token ``windows`` (in chunks of rows, under the
     forward context ``ctx``)."""
-    import contextlib
-
     total, count = 0.0, 0
     for i in range(0, windows.shape[0], chunk):
         w = windows[i : i + chunk]
@@ -102,17 +112,14 @@ def eval_loss(
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2))
 
 
 def _atomic_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -177,15 +184,13 @@ def pretrain_base(
     cache = Path(cache) if cache is not None else default_cache()
     corpus = corpus if corpus is not None else corpora.load_corpus(spec.corpus)
     if corpus.name != spec.corpus:
-        raise ValueError(f"corpus {corpus.name!r} given for a base of {spec.corpus!r}")
+        raise InputError(f"corpus {corpus.name!r} given for a base of {spec.corpus!r}")
     folder = spec.folder(cache, corpus.sha256)
     if (folder / "pretrain.json").is_file():
         return folder
     partial = folder.with_name(folder.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     device = torch.device(spec.device)
-    from loraplus_lab.sims.realmodels.multirate import precision
-
     param_dtype, ctx = precision(getattr(torch, spec.dtype), device)
     model = _build(spec).to(device=device, dtype=param_dtype)
     opt = torch.optim.AdamW(
@@ -255,11 +260,10 @@ def pretrain_base(
         "seconds": seconds + time.perf_counter() - t0,
         "torch": torch.__version__,
     }
-    staging = folder.with_name(folder.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = partial_dir(folder)
     model.save_pretrained(staging, safe_serialization=True)
     _atomic_json(staging / "pretrain.json", record)
-    os.replace(staging, folder)
+    publish_dir(staging, folder)
     shutil.rmtree(partial, ignore_errors=True)
     return folder
 

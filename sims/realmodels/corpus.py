@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loraplus_lab.sims.checks import InputError
+
 #: The corpora every Python installation has.
 BUILTIN = ("stdlib-code", "pydoc-topics")
 #: Special ids kept free of text (see the module docstring).
@@ -46,7 +48,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst")
 _SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus that cannot be used (missing, empty or binary file, unknown name)."""
 
 

@@ -13,10 +13,11 @@ eos and mask ids); the control bytes 0–3 never occur in text and are replaced 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from loraplus_lab.sims.checks import InputError
+from loraplus_lab.sims.files import check_output, partial_dir, publish_dir
 from loraplus_lab.sims.realmodels.ladder_config import BaseSpec, check_arch, default_cache
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<mask>")
@@ -83,11 +84,10 @@ def make_model_folder(
     """
     check_arch(arch)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output folder {str(out)!r} exists and is not empty")
+    check_output(out)
     if pretrain is not None:
         if arch == "roberta":
-            raise ValueError("pretraining is for causal models (gpt2, llama); RoBERTa is masked")
+            raise InputError("pretraining is for causal models (gpt2, llama); RoBERTa is masked")
         from loraplus_lab.sims.realmodels.bases import load_base, pretrain_base
 
         spec = BaseSpec(
@@ -109,11 +109,10 @@ def make_model_folder(
         model = make_model(
             arch, width, seed=seed, layers=layers, head_dim=head_dim, context=context
         )
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = partial_dir(out)
     model.save_pretrained(staging, safe_serialization=True)
     byte_tokenizer(context).save_pretrained(staging)
     if out.exists():
         out.rmdir()
-    os.replace(staging, out)
+    publish_dir(staging, out)
     return out

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from loraplus_lab.sims import measure
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.landscape import find_optimum_scattered
 
 #: The theory's slopes against log2 n (LoRA+ scaling: η_A* ∝ 1/n, η_B* ∝ 1, λ* ∝ n).
@@ -65,7 +67,7 @@ def landscapes(df: pd.DataFrame) -> Landscapes:
     same seeds)."""
     ft = df[df["part"] == "finetune"] if "part" in df.columns else df
     if ft.empty:
-        raise ValueError("the results hold no finetuning run")
+        raise InputError("the results hold no finetuning run")
     widths = np.sort(ft["width"].unique())
     seeds = np.sort(ft["seed"].unique())
     steps = np.sort(ft["step"].unique())
@@ -75,7 +77,7 @@ def landscapes(df: pd.DataFrame) -> Landscapes:
     for i, w in enumerate(widths):
         g = ft[ft["width"] == w]
         if set(g["seed"].unique()) != set(seeds):
-            raise ValueError(f"width {w} lacks some seeds: every width needs the same seeds")
+            raise InputError(f"width {w} lacks some seeds: every width needs the same seeds")
         pts = g[["eta_a", "eta_b"]].drop_duplicates().sort_values(["eta_a", "eta_b"])
         key = list(zip(pts["eta_a"], pts["eta_b"], strict=True))
         index = {k: j for j, k in enumerate(key)}
@@ -245,16 +247,11 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def verdict(slope: float, low: float, high: float, predicted: float, tol: float = TOLERANCE) -> str:
-    """``agrees``: the estimate lies within ``predicted ± tol`` and so does part of its
-    interval; ``differs``: the whole interval lies outside that window; else ``inconclusive``."""
-    if not np.isfinite(slope):
-        return "no data"
-    lo_w, hi_w = predicted - tol, predicted + tol
-    if np.isfinite(low) and np.isfinite(high) and (high < lo_w or low > hi_w):
-        return "differs"
-    if lo_w <= slope <= hi_w:
-        return "agrees"
-    return "inconclusive"
+    """:func:`loraplus_lab.sims.measure.verdict` with this module's tolerance: ``agrees`` (the
+    interval holds the prediction and lies within ``± tol`` of it), ``close`` (it excludes the
+    prediction but lies within the band), ``inconclusive`` (it holds the prediction but reaches
+    beyond the band), ``differs`` (neither)."""
+    return measure.verdict(slope, False, predicted, ci_low=low, ci_high=high, tolerance=tol)
 
 
 def scaling_fits(
@@ -269,7 +266,7 @@ def scaling_fits(
     speed-up's ``log2``, with percentile intervals from the free bootstrap over seeds, the
     predicted slopes and a verdict (:func:`verdict`)."""
     if len(L.widths) < 2:
-        raise ValueError(f"scaling fits need at least two widths, got {len(L.widths)}")
+        raise InputError(f"scaling fits need at least two widths, got {len(L.widths)}")
     x = np.log2(L.widths.astype(float))
     keys = ["log2_eta_a", "log2_eta_b", "log2_ratio"]
     S = len(L.seeds)
@@ -530,7 +527,11 @@ def report(tables: dict, ratio: float | None) -> str:
             f"{r.best_a_change:.2f}, share of its gain that needs A to move "
             f"{100 * r.best_gain_through_a:.0f}%"
         )
-    lines += ["", "slopes against log2 n (theory: η_A* −1, η_B* 0, λ* +1; agreement window ±0.3):"]
+    lines += [
+        "",
+        "slopes against log2 n (theory: η_A* −1, η_B* 0, λ* +1; verdicts read the interval "
+        "against the prediction and a band of ±0.3 around it):",
+    ]
     for r in tables["fits"].itertuples():
         lines.append(
             f"  log2 {_NAMES_TEXT[r.quantity]}: {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "

@@ -14,6 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from loraplus_lab.sims.checks import (
+    InputError,
+    integer,
+    nonnegative,
+    positive,
+    positive_int,
+)
 from loraplus_lab.sims.params import DEFAULT_N0, check_init
 
 ARCHS = ("gpt2", "llama", "roberta")
@@ -32,23 +39,23 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 def check_arch(arch: str) -> str:
     """Validate an architecture name (one of :data:`ARCHS`)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise InputError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return arch
 
 
 def check_width(width: int, head_dim: int = DEFAULT_HEAD_DIM) -> int:
     """Validate a width: a multiple of ``head_dim`` with at least :data:`MIN_HEADS` heads."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
-        raise ValueError(f"width must be an integer, got {width!r}")
+        raise InputError(f"width must be an integer, got {width!r}")
     if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
-        raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}")
+        raise InputError(f"head_dim must be a positive integer, got {head_dim!r}")
     if width < MIN_HEADS * head_dim:
-        raise ValueError(
+        raise InputError(
             f"width must be at least {MIN_HEADS * head_dim} ({MIN_HEADS} heads of {head_dim}), "
             f"got {width}"
         )
     if width % head_dim:
-        raise ValueError(f"width must be divisible by the head dimension {head_dim}, got {width}")
+        raise InputError(f"width must be divisible by the head dimension {head_dim}, got {width}")
     return int(width)
 
 
@@ -89,19 +96,13 @@ class BaseSpec:
         check_arch(self.arch)
         check_width(self.width, self.head_dim)
         if self.dtype not in ("float32", "float64", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
+            raise InputError(f"dtype must be float32, float64 or bfloat16, got {self.dtype!r}")
         for name in ("layers", "context", "steps", "batch", "val_windows"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"pretraining {name} must be a positive integer, got {v!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(
-                f"pretraining warmup must be a non-negative integer, got {self.warmup!r}"
-            )
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"pretraining lr must be a positive number, got {self.lr!r}")
+            positive_int(f"pretraining {name}", getattr(self, name))
+        integer("pretraining warmup", self.warmup, minimum=0)
+        positive("pretraining lr", self.lr)
         if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(
+            raise InputError(
                 f"final_lr_fraction must lie in [0, 1], got {self.final_lr_fraction!r}"
             )
 
@@ -168,17 +169,13 @@ class FinetuneSetup:
             "curve_windows",
             "eval_windows",
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be a non-negative integer, got {self.warmup!r}")
+            positive_int(name, getattr(self, name))
+        integer("warmup", self.warmup, minimum=0)
         if self.warmup >= self.steps:
-            raise ValueError(f"warmup ({self.warmup}) must be shorter than steps ({self.steps})")
-        if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+            raise InputError(f"warmup ({self.warmup}) must be shorter than steps ({self.steps})")
+        positive("alpha", self.alpha)
         if not (self.divergence_factor > 1):
-            raise ValueError(f"divergence_factor must exceed 1, got {self.divergence_factor!r}")
+            raise InputError(f"divergence_factor must exceed 1, got {self.divergence_factor!r}")
         targets = tuple(self.targets) if self.targets else DEFAULT_TARGETS[self.arch]
         object.__setattr__(self, "targets_resolved", targets)
 
@@ -210,9 +207,5 @@ class RateConfig:
     eta_b: float
 
     def __post_init__(self) -> None:
-        for name in ("eta_a", "eta_b"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
-        if self.eta_b <= 0:
-            raise ValueError(f"eta_b must be positive, got {self.eta_b!r}")
+        nonnegative("eta_a", self.eta_a)
+        positive("eta_b", self.eta_b)

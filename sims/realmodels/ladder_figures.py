@@ -177,3 +177,59 @@ def plot_speedup(df: pd.DataFrame) -> Figure:
 def report(df: pd.DataFrame) -> str:
     """The printed numbers (optima, slopes, speed-up with intervals, the bases' table)."""
     return LA.report(tables(df), _ratio(df))
+
+
+def _iv(t: dict, width: int, key: str) -> tuple[float, float, float]:
+    return LA._interval(t["intervals"], width, key)
+
+
+def measured_optima(df: pd.DataFrame) -> str:
+    """The slopes of the optimal rates with their intervals and verdicts, in words."""
+    t = tables(df)
+    parts = [
+        f"{name} {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] (theory {r.predicted:+.0f}: "
+        f"{r.verdict})"
+        for r, name in zip(t["fits"].itertuples(), ("η_A*", "η_B*", "λ*"), strict=True)
+    ]
+    return (
+        "Measured slopes against log2 n, 95% percentile bootstrap over the "
+        f"{t['seeds']} seeds with the optimum found afresh in every resample: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def measured_landscapes(df: pd.DataFrame) -> str:
+    """What equal rates, λ = 16 and a frozen A give up, per width, in words."""
+    t = tables(df)
+    parts = []
+    for w in sorted(int(x) for x in t["optima"]["width"]):
+        cells = []
+        for key, name in (("equal_gap", "equal rates"), ("ratio_gap", "λ = 16"),
+                          ("b_only_gap", "B only")):  # fmt: skip
+            v, lo, hi = _iv(t, w, key)
+            cells.append(f"{name} {100 * v:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]")
+        parts.append(f"n = {w}: " + ", ".join(cells))
+    return (
+        "Measured share of the best run's finetuning gain given up by each tuned line (95% "
+        f"bootstrap over {t['seeds']} seeds, tuned runs re-selected in every resample): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def measured_speedup(df: pd.DataFrame) -> str:
+    """LoRA+'s speed-up over tuned LoRA per width, in words."""
+    t = tables(df)
+    parts = []
+    for w in sorted(int(x) for x in t["optima"]["width"]):
+        v, lo, hi = _iv(t, w, "speedup")
+        parts.append(
+            f"n = {w}: {v:.2f}× [{lo:.2f}, {hi:.2f}]" if v == v else f"n = {w}: not reached"
+        )
+    return (
+        "Measured speed-up T / (steps LoRA+ needs to reach tuned LoRA's final loss), 95% "
+        f"bootstrap over {t['seeds']} seeds with both lines re-tuned in every resample: "
+        + "; ".join(parts)
+        + "."
+    )

@@ -48,8 +48,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.realmodels import corpus as corpora
-from loraplus_lab.sims.realmodels.bases import lm_loss
+from loraplus_lab.sims.realmodels.bases import lm_loss, precision
 from loraplus_lab.sims.realmodels.ladder_config import FinetuneSetup, RateConfig  # noqa: F401
 from loraplus_lab.sims.realmodels.ladders import lora_model
 from loraplus_lab.sims.realmodels.stacked import StackedAdamW, stack_peft_model, stacked_layers
@@ -86,15 +87,6 @@ def validation_tokens(stream: np.ndarray, setup: FinetuneSetup) -> tuple[torch.T
         torch.from_numpy(corpora.fixed_windows(stream, setup.context, n))
         for n in (setup.curve_windows, setup.eval_windows)
     )
-
-
-def precision(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, Any]:
-    """Parameter dtype and forward context for a computation dtype: float32 and float64 run as
-    they are; bfloat16 keeps float32 parameters (adapters, optimizer state) and runs the forward
-    passes under ``torch.autocast`` (bf16 matrix products), as mixed-precision training does."""
-    if dtype == torch.bfloat16:
-        return torch.float32, torch.autocast(device.type, dtype=torch.bfloat16)
-    return dtype, contextlib.nullcontext()
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -198,7 +190,7 @@ def finetune_rates(
     """
     configs = list(configs)
     if not configs:
-        raise ValueError("no rate configuration to run")
+        raise InputError("no rate configuration to run")
     K = len(configs)
     device = _device(base)
     _, ctx = precision(dtype, device)

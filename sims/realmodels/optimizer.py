@@ -22,8 +22,8 @@ optimizers equal rates are never efficient as the width ``n`` grows, ``η_A = Θ
     ========================  ==========================================  ==============
 
     ``lora_embedding`` holds both factors of LoRA on embeddings: the input is one-hot, so
-    ``ΔZ_A = ΔA·x`` has no sum over the fan-in and ``η_A = Θ(1)`` — the same order as ``η_B``
-    (DESIGN.md §1). ``other`` holds every remaining trainable matrix (classification heads,
+    ``ΔZ_A = ΔA·x`` has no sum over the fan-in and ``η_A = Θ(1)`` — the same order as
+    ``η_B``. ``other`` holds every remaining trainable matrix (classification heads,
     ``modules_to_save`` copies, trainable base weights); ``other_no_decay`` every 1-D parameter,
     bias and normalisation weight, DoRA magnitudes and ``lora_bias`` included. With
     ``fan_in_aware=True`` there is one ``lora_A[fan_in=k]`` group per distinct fan-in ``k`` at
@@ -42,6 +42,25 @@ optimizers equal rates are never efficient as the width ``n`` grows, ``η_A = Θ
     ``groupB_no_decay`` (parameters whose name contains ``"bias"`` or that live in an
     ``nn.LayerNorm``; an RMSNorm weight *is* decayed). Useful for comparisons only.
 
+    The grouping reproduced is that of PEFT 0.21 and later, the floor this package requires
+    (``peft>=0.21``; an older PEFT is refused with a ``ValueError``). Up to 0.20 PEFT's
+    ``embedding`` group was always empty — it looked up the parameter instead of the layer
+    holding it — so both factors of embedding LoRA trained at ``η_A`` in ``groupA``; PEFT 0.21
+    moved them to ``embedding`` at ``lr_embedding``. Earlier versions are not reproduced.
+
+Both policies pass ``lr``, ``ratio`` and the other rates to the optimizer as given, as PEFT does:
+a numpy scalar stays a numpy scalar (``λ·η_A`` is then computed in its precision) and a 0-d
+tensor stays a tensor (torch's optimizers take one on their single-tensor and fused paths). With
+a bitsandbytes 8-bit optimizer (``Adam8bit``, ``AdamW8bit``, ``PagedAdam8bit``,
+``PagedAdamW8bit``, or a bitsandbytes optimizer with ``optim_bits=8``), every ``nn.Embedding``
+weight of the model is registered for 32-bit optimizer state, as PEFT and the stock
+``transformers.Trainer`` do (8-bit state is unstable for embeddings).
+
+A model without LoRA layers: ``policy="peft"`` returns PEFT's optimizer (every matrix at
+``η_A``, every 1-D parameter at ``λ·η_A``: a full fine-tune with PEFT's pitfalls), as PEFT does;
+``policy="theory"`` refuses it with a ``ValueError`` — with no LoRA factor there is no ``η_B``
+to set, and the usual cause is a model that was never wrapped with ``peft.get_peft_model``.
+
 Every parameter group carries an extra ``"name"`` key; optimizers ignore it.
 """
 
@@ -53,11 +72,14 @@ import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from peft.tuners.lora.layer import Embedding as LoraEmbedding
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
+
+from loraplus_lab.sims.checks import InputError
 
 __all__ = [
     "POLICIES",
@@ -70,6 +92,10 @@ __all__ = [
 POLICIES = ("theory", "peft")
 
 PEFT_DEFAULT_LR_EMBEDDING = 1e-6  # PEFT's loraplus_lr_embedding default
+#: The first PEFT release whose grouping ``policy="peft"`` reproduces (see the module docstring).
+PEFT_MIN_VERSION = "0.21"
+#: Optimizer class names for which PEFT registers 32-bit state for embeddings.
+EIGHT_BIT_NAMES = ("Adam8bit", "AdamW8bit", "PagedAdam8bit", "PagedAdamW8bit")
 
 # Kinds of parameters found in a LoRA layer's adapter dicts.
 _LORA_A, _LORA_B, _LORA_EMB, _LORA_BIAS, _DORA_MAG = (
@@ -80,6 +106,10 @@ _LORA_A, _LORA_B, _LORA_EMB, _LORA_BIAS, _DORA_MAG = (
     "dora_magnitude",
 )
 _LORA_FACTORS = (_LORA_A, _LORA_B, _LORA_EMB)
+
+
+#: A learning rate or decay as PEFT accepts it: a number (Python or numpy) or a 0-d tensor.
+Rate = float | np.floating | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -93,13 +123,19 @@ class _LoraParam:
 
 
 def _positive_finite(name: str, value: object, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """The float value of a rate-like argument, for checks only (the argument itself is passed
+    on unchanged): a real number (Python or numpy) or a 0-d real tensor, finite, > 0 (≥ 0)."""
+    if isinstance(value, torch.Tensor):
+        ok = value.ndim == 0 and (value.is_floating_point() or value.dtype != torch.bool)
+        ok = ok and not value.is_complex()
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
     if ok:
         v = float(value)  # type: ignore[arg-type]
         ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
     if not ok:
         need = "a finite number ≥ 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"{name} must be {need}, got {value!r}")
+        raise InputError(f"{name} must be {need} (or a 0-d tensor), got {value!r}")
     return v
 
 
@@ -122,12 +158,12 @@ def _check_inputs(
     optimizer_kwargs: dict,
 ) -> None:
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise ValueError(
+        raise InputError(
             "optimizer_cls must be a torch.optim.Optimizer subclass, "
             f"got {_describe(optimizer_cls)}"
         )
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     _positive_finite("lr (η_A)", lr)
     _positive_finite("ratio (λ = η_B/η_A)", ratio)
     if lr_embedding is not None:
@@ -137,19 +173,19 @@ def _check_inputs(
     _positive_finite("weight_decay", weight_decay, allow_zero=True)
     if policy == "peft":
         if fan_in_aware:
-            raise ValueError("fan_in_aware=True needs policy='theory'; PEFT has no per-layer rates")
+            raise InputError("fan_in_aware=True needs policy='theory'; PEFT has no per-layer rates")
         if lr_other is not None:
-            raise ValueError("lr_other needs policy='theory'; PEFT puts other params at η or λ·η")
+            raise InputError("lr_other needs policy='theory'; PEFT puts other params at η or λ·η")
     if base_fan_in is not None:
         if not fan_in_aware:
-            raise ValueError(f"base_fan_in={base_fan_in!r} needs fan_in_aware=True")
+            raise InputError(f"base_fan_in={base_fan_in!r} needs fan_in_aware=True")
         if not (isinstance(base_fan_in, numbers.Integral) and base_fan_in > 0) or isinstance(
             base_fan_in, bool
         ):
-            raise ValueError(f"base_fan_in must be a positive integer, got {base_fan_in!r}")
+            raise InputError(f"base_fan_in must be a positive integer, got {base_fan_in!r}")
     bad = sorted(k for k in optimizer_kwargs if k.startswith("loraplus_") or k in ("params",))
     if bad:
-        raise ValueError(
+        raise InputError(
             f"unexpected optimizer keyword {bad[0]!r}: use weight_decay=/lr_embedding= instead"
         )
 
@@ -228,17 +264,17 @@ def _theory_groups(
     trainable: list[tuple[str, nn.Parameter]],
     roles: dict[int, _LoraParam],
     *,
-    lr: float,
-    ratio: float,
-    lr_embedding: float | None,
-    lr_other: float | None,
-    weight_decay: float,
+    lr: Rate,
+    ratio: Rate,
+    lr_embedding: Rate | None,
+    lr_other: Rate | None,
+    weight_decay: Rate,
     fan_in_aware: bool,
     base_fan_in: int | None,
 ) -> list[dict]:
     owners = _owners(model)
-    lr_emb = lr * ratio if lr_embedding is None else float(lr_embedding)
-    lr_oth = lr if lr_other is None else float(lr_other)
+    lr_emb = lr * ratio if lr_embedding is None else lr_embedding
+    lr_oth = lr if lr_other is None else lr_other
 
     a_params: dict[int, list[nn.Parameter]] = {}  # fan-in (0 when not fan-in-aware) → params
     b_params: list[nn.Parameter] = []
@@ -305,10 +341,10 @@ def _peft_groups(
     model: nn.Module,
     trainable: list[tuple[str, nn.Parameter]],
     *,
-    lr: float,
-    ratio: float,
-    lr_embedding: float | None,
-    weight_decay: float,
+    lr: Rate,
+    ratio: Rate,
+    lr_embedding: Rate | None,
+    weight_decay: Rate,
 ) -> list[dict]:
     # No decay for names containing "bias" and for anything below a LayerNorm-type child.
     ln_types = _layernorm_types()
@@ -329,7 +365,7 @@ def _peft_groups(
             (group_b if decayed(name) else group_b_no_decay).append(p)
         else:
             group_a.append(p)
-    lr_emb = PEFT_DEFAULT_LR_EMBEDDING if lr_embedding is None else float(lr_embedding)
+    lr_emb = PEFT_DEFAULT_LR_EMBEDDING if lr_embedding is None else lr_embedding
     return [
         {"name": "groupA", "params": group_a, "weight_decay": weight_decay, "lr": lr},
         {"name": "embedding", "params": embedding, "weight_decay": weight_decay, "lr": lr_emb},
@@ -337,6 +373,36 @@ def _peft_groups(
         {"name": "groupB_no_decay", "params": group_b_no_decay, "weight_decay": 0.0,
          "lr": lr * ratio},
     ]  # fmt: skip
+
+
+def _check_peft_version() -> None:
+    import peft
+    from packaging.version import Version
+
+    if Version(peft.__version__) < Version(PEFT_MIN_VERSION):
+        raise InputError(
+            f"policy='peft' reproduces PEFT >= {PEFT_MIN_VERSION}, but PEFT {peft.__version__} is "
+            "installed (its embedding grouping differs); upgrade peft"
+        )
+
+
+def _is_eight_bit(optimizer_cls: type, optimizer_kwargs: dict) -> bool:
+    """Whether PEFT (by class name) or transformers' Trainer (a bitsandbytes optimizer with
+    ``optim_bits=8``) would treat ``optimizer_cls`` as an 8-bit optimizer."""
+    from_bnb = "bitsandbytes" in (getattr(optimizer_cls, "__module__", "") or "")
+    return optimizer_cls.__name__ in EIGHT_BIT_NAMES or (
+        from_bnb and optimizer_kwargs.get("optim_bits") == 8
+    )
+
+
+def _embeddings_in_32_bit(model: nn.Module) -> None:
+    """Register 32-bit optimizer state for every ``nn.Embedding`` weight with bitsandbytes."""
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
 
 
 def _accepts(optimizer_cls: type, keyword: str) -> bool:
@@ -355,12 +421,12 @@ def create_loraplus_optimizer(
     model: nn.Module,
     optimizer_cls: type[torch.optim.Optimizer],
     *,
-    lr: float,
-    ratio: float,
+    lr: Rate,
+    ratio: Rate,
     policy: str = "theory",
-    lr_embedding: float | None = None,
-    lr_other: float | None = None,
-    weight_decay: float = 0.0,
+    lr_embedding: Rate | None = None,
+    lr_other: Rate | None = None,
+    weight_decay: Rate = 0.0,
     fan_in_aware: bool = False,
     base_fan_in: int | None = None,
     **optimizer_kwargs: object,
@@ -372,11 +438,12 @@ def create_loraplus_optimizer(
             :class:`~peft.tuners.lora.layer.LoraLayer`\\s). Only parameters with
             ``requires_grad`` are optimized, each in exactly one group.
         optimizer_cls: a :class:`torch.optim.Optimizer` subclass, e.g. ``torch.optim.AdamW``.
-        lr: ``η_A``, the rate of every ``A`` factor.
+        lr: ``η_A``, the rate of every ``A`` factor: a number or a 0-d tensor, passed to the
+            optimizer as given (a numpy scalar keeps its precision in ``λ·η_A``).
         ratio: ``λ = η_B/η_A > 0``; ``B`` factors train at ``λ·η_A``. LoRA+ wants ``λ = Θ(n)``
             (``≈ 2^4`` at the paper's widths); ``λ = 1`` is vanilla LoRA.
-        policy: ``"theory"`` (module docstring's table) or ``"peft"`` (PEFT's grouping, pitfalls
-            included, for comparisons).
+        policy: ``"theory"`` (module docstring's table) or ``"peft"`` (PEFT ≥ 0.21's grouping,
+            pitfalls included, for comparisons).
         lr_embedding: theory: the rate of both factors of LoRA on embeddings, ``Θ(1)`` since an
             embedding's input is one-hot (default ``λ·η_A``); peft: PEFT's
             ``loraplus_lr_embedding`` (default ``1e-6``).
@@ -395,31 +462,32 @@ def create_loraplus_optimizer(
 
     Raises:
         ValueError: ``λ ≤ 0`` or non-finite, ``lr ≤ 0``, unknown policy, no trainable LoRA
-            factor in ``model``, ``optimizer_cls`` not an Optimizer subclass, a theory-only
-            option with ``policy="peft"``, or ``weight_decay > 0`` for an optimizer without
-            a ``weight_decay`` hyperparameter.
+            factor in ``model`` with ``policy="theory"``, ``optimizer_cls`` not an Optimizer
+            subclass, a theory-only option with ``policy="peft"``, PEFT older than 0.21 with
+            ``policy="peft"``, or ``weight_decay > 0`` for an optimizer without a
+            ``weight_decay`` hyperparameter.
     """
     _check_inputs(
         optimizer_cls, lr, ratio, policy, lr_embedding, lr_other, weight_decay,
         fan_in_aware, base_fan_in, optimizer_kwargs,
     )  # fmt: skip
-    lr, ratio, weight_decay = float(lr), float(ratio), float(weight_decay)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     roles = _lora_params(model)
     trainable = _trainable(model)
-    if not any(id(p) in roles and roles[id(p)].kind in _LORA_FACTORS for _, p in trainable):
-        raise ValueError(
-            f"{type(model).__name__} has no trainable LoRA parameters "
-            "(wrap it with peft.get_peft_model(model, LoraConfig(...)) first)"
-        )
     kwargs = dict(optimizer_kwargs)
     if policy == "peft":
+        _check_peft_version()
         groups = _peft_groups(
             model, trainable, lr=lr, ratio=ratio, lr_embedding=lr_embedding,
             weight_decay=weight_decay,
         )  # fmt: skip
     else:
+        if not any(id(p) in roles and roles[id(p)].kind in _LORA_FACTORS for _, p in trainable):
+            raise InputError(
+                f"{type(model).__name__} has no trainable LoRA parameters "
+                "(wrap it with peft.get_peft_model(model, LoraConfig(...)) first)"
+            )
         groups = _theory_groups(
             model, trainable, roles, lr=lr, ratio=ratio, lr_embedding=lr_embedding,
             lr_other=lr_other, weight_decay=weight_decay, fan_in_aware=fan_in_aware,
@@ -428,10 +496,12 @@ def create_loraplus_optimizer(
         if _accepts(optimizer_cls, "weight_decay"):
             kwargs["weight_decay"] = weight_decay  # so that optimizer.defaults agree
     optimizer = optimizer_cls(groups, lr=lr, **kwargs)
-    if weight_decay > 0 and "weight_decay" not in optimizer.defaults:
-        raise ValueError(
+    if float(weight_decay) > 0 and "weight_decay" not in optimizer.defaults:
+        raise InputError(
             f"weight_decay={weight_decay} but {optimizer_cls.__name__} has no weight_decay"
         )
+    if _is_eight_bit(optimizer_cls, kwargs):
+        _embeddings_in_32_bit(model)
     return optimizer
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from loraplus_lab.sims.checks import InputError
+
 
 class StackedLoRA(nn.Module):
     """``K`` LoRA adapters on one frozen layer (``nn.Linear`` or GPT-2's ``Conv1D``).
@@ -46,7 +48,7 @@ class StackedLoRA(nn.Module):
     def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, scaling: float) -> None:
         super().__init__()
         if A.ndim != 3 or B.ndim != 3 or A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
-            raise ValueError(
+            raise InputError(
                 f"A (K, r, n_in) and B (K, n_out, r) do not match: {A.shape}, {B.shape}"
             )
         self.base = base
@@ -65,7 +67,7 @@ class StackedLoRA(nn.Module):
         out = self.base(x)
         K = self.lora_A.shape[0]
         if x.shape[0] % K:
-            raise ValueError(f"batch of {x.shape[0]} rows is not a multiple of the stack {K}")
+            raise InputError(f"batch of {x.shape[0]} rows is not a multiple of the stack {K}")
         za = torch.bmm(x.reshape(K, -1, x.shape[-1]), self.lora_A.transpose(1, 2))
         # out + s·(Z_A Bᵀ) in one pass over the output
         y = torch.baddbmm(
@@ -88,7 +90,7 @@ def stack_peft_model(peft_model: nn.Module, stack: int, adapter: str = "default"
     from peft.tuners.lora.layer import LoraLayer
 
     if isinstance(stack, bool) or not isinstance(stack, int) or stack < 1:
-        raise ValueError(f"stack must be a positive integer, got {stack!r}")
+        raise InputError(f"stack must be a positive integer, got {stack!r}")
     model = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     targets = [
         (name, mod)
@@ -96,7 +98,7 @@ def stack_peft_model(peft_model: nn.Module, stack: int, adapter: str = "default"
         if isinstance(mod, LoraLayer) and adapter in getattr(mod, "lora_A", {})
     ]
     if not targets:
-        raise ValueError("the model has no LoRA layer to stack")
+        raise InputError("the model has no LoRA layer to stack")
     for p in model.parameters():
         p.requires_grad_(False)
     for name, layer in targets:
@@ -155,9 +157,9 @@ class StackedAdamW:
         for p, rates in groups:
             lr = torch.as_tensor(rates, dtype=torch.float64).flatten()
             if lr.numel() != p.shape[0]:
-                raise ValueError(f"{lr.numel()} rates for a stack of {p.shape[0]}")
+                raise InputError(f"{lr.numel()} rates for a stack of {p.shape[0]}")
             if not torch.isfinite(lr).all() or (lr < 0).any():
-                raise ValueError("learning rates must be finite and non-negative")
+                raise InputError("learning rates must be finite and non-negative")
             self.slots.append(
                 _Slot(
                     p,
