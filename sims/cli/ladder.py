@@ -14,6 +14,8 @@ from loraplus_lab.sims.cli.common import PROG, UsageError
 from loraplus_lab.sims.files import OutputDir
 
 ARCHS = ("gpt2", "llama", "roberta")
+#: Store kinds this command runs and analyses.
+KINDS = ("ladder", "family")
 
 
 def add_parsers(sub: Any) -> None:
@@ -32,7 +34,9 @@ def add_parsers(sub: Any) -> None:
             "(default ~/.cache/loraplus-lab). Needs loraplus-lab[realmodels]."
         ),
     )
-    ld.add_argument("spec", nargs="?", help="the ladder's spec file (TOML)")
+    ld.add_argument(
+        "spec", nargs="?", help="a ladder's spec file, or a hub family's (one naming models)"
+    )
     ld.add_argument("--out", help="the store's folder (default results/NAME)")
     ld.add_argument("--resume", action="store_true", help="continue the ladder stored in --out")
     ld.add_argument(
@@ -79,12 +83,36 @@ def _quiet() -> None:
     _quiet_transformers()
 
 
-def cmd_ladder(args: argparse.Namespace) -> int:
-    """Run (or resume) a ladder, then print its analysis."""
+def load_spec(path: str) -> Any:
+    """A ladder spec, or a hub-family spec (one that names ``models``), checked."""
+    from loraplus_lab.sims.realmodels.family import load_family_spec
     from loraplus_lab.sims.realmodels.ladder import load_ladder_spec
+    from loraplus_lab.sims.sweep.spec import SpecError
 
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raw = {}  # the spec's own loader names the problem
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: not a spec table")
+    return load_family_spec(path) if "models" in raw else load_ladder_spec(path)
+
+
+def _runner(spec: Any) -> Any:
+    from loraplus_lab.sims.realmodels.family import FamilySpec, run_family
+    from loraplus_lab.sims.realmodels.ladder import run_ladder
+
+    return run_family if isinstance(spec, FamilySpec) else run_ladder
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    """Run (or resume) a ladder or a hub family, then print its analysis."""
     if args.spec is not None:
-        spec = load_ladder_spec(args.spec)  # validated before torch is imported
+        spec = load_spec(args.spec)  # validated before torch is imported
         out = Path(args.out) if args.out else Path("results") / spec.name
     elif args.resume:
         if args.out is None:
@@ -95,17 +123,16 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         raise UsageError("give a ladder spec file (e.g. specs/ladder_gpt2_cpu.toml) or --resume")
     a.use_agg()
     _quiet()
-    from loraplus_lab.sims.realmodels.ladder import KIND, run_ladder
     from loraplus_lab.sims.sweep.store import Store
 
     if spec is None:
         store = Store.open(out)
-        if store.spec_dict().get("kind") != KIND:
+        if store.spec_dict().get("kind") not in KINDS:
             raise UsageError(f"{out} holds no ladder; `{PROG} sweep --resume` resumes other kinds")
         spec = store.spec()
     outdir = OutputDir(out) if not (out / "spec.json").exists() else None
     try:
-        summary = run_ladder(
+        summary = _runner(spec)(
             spec,
             out,
             executor=args.executor,

@@ -12,8 +12,8 @@ finetuning, the rate grid, the seeds). It runs in stages, each a set of jobs of 
    ``η_B = λ·η_A`` at a fixed λ (LoRA+ as practised, ``λ = 2^4``), batched ``chunk``
    configurations per job (:func:`~loraplus_lab.sims.realmodels.multirate.finetune_rates`);
 3. **refine**: per width, a finer patch of the grid (``refine`` octaves apart, ``refine_radius``
-   octaves each way) around the coarse grid's best cell (the seed-mean final validation loss),
-   once every coarse run of that width is stored.
+   octaves each way) around the coarse grid's best cell (the lowest seed-mean loss at the
+   validation curve's last point), once every coarse run of that width is stored.
 
 A landscape job that finds its base missing pretrains it first (under a file lock), so jobs may
 run in any order on any executor. Stage 3 depends on stage 2's results, so :func:`run_ladder`
@@ -266,37 +266,47 @@ class LadderSpec:
         )
 
     def coarse_points(self) -> list[tuple[float, float]]:
-        """``(log2 η_A, log2 η_B)`` of the coarse grid and the lines (``log2 η_A = -inf`` for
-        the A-frozen line), without repeats, sorted."""
-        g, ln = self.grid, self.lines
-        pts = {
-            (u, v)
-            for u in _log2_points(*g["log2_eta_a"], g["step"])
-            for v in _log2_points(*g["log2_eta_b"], g["step"])
-        }
-        if ln.get("equal"):
-            pts |= {(u, u) for u in _log2_points(*ln["equal"], ln["step"])}
-        if ln.get("b_only"):
-            pts |= {(-math.inf, v) for v in _log2_points(*ln["b_only"], ln["step"])}
-        if ln.get("ratio"):
-            lr = math.log2(ln["ratio"])
-            pts |= {
-                (u, round(u + lr, 9)) for u in _log2_points(*ln["ratio_log2_eta_a"], ln["step"])
-            }
-        return sorted(pts)
+        """:func:`coarse_points` of this spec's grid and lines."""
+        return coarse_points(self.grid, self.lines)
 
     def refine_points(self, center: tuple[float, float]) -> list[tuple[float, float]]:
-        """The refinement patch around ``center`` (log2 η_A, log2 η_B)."""
-        g = self.grid
-        if not g["refine"]:
-            return []
-        radius = g["refine_radius"]
-        u0, v0 = center
-        return sorted(
-            (round(u0 + du, 9), round(v0 + dv, 9))
-            for du in _log2_points(-radius, radius, g["refine"])
-            for dv in _log2_points(-radius, radius, g["refine"])
-        )
+        """:func:`refine_points` of this spec's grid around ``center``."""
+        return refine_points(self.grid, center)
+
+
+def coarse_points(grid: Mapping[str, Any], lines: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """``(log2 η_A, log2 η_B)`` of the coarse grid and the lines (``log2 η_A = -inf`` for the
+    A-frozen line), without repeats, sorted."""
+    g, ln = grid, lines
+    pts = {
+        (u, v)
+        for u in _log2_points(*g["log2_eta_a"], g["step"])
+        for v in _log2_points(*g["log2_eta_b"], g["step"])
+    }
+    if ln.get("equal"):
+        pts |= {(u, u) for u in _log2_points(*ln["equal"], ln["step"])}
+    if ln.get("b_only"):
+        pts |= {(-math.inf, v) for v in _log2_points(*ln["b_only"], ln["step"])}
+    if ln.get("ratio"):
+        lr = math.log2(ln["ratio"])
+        pts |= {(u, round(u + lr, 9)) for u in _log2_points(*ln["ratio_log2_eta_a"], ln["step"])}
+    return sorted(pts)
+
+
+def refine_points(
+    grid: Mapping[str, Any], center: tuple[float, float]
+) -> list[tuple[float, float]]:
+    """The refinement patch: ``refine`` octaves apart, ``refine_radius`` octaves each way around
+    ``center`` (log2 η_A, log2 η_B); empty when ``refine`` is 0."""
+    if not grid["refine"]:
+        return []
+    radius = grid["refine_radius"]
+    u0, v0 = center
+    return sorted(
+        (round(u0 + du, 9), round(v0 + dv, 9))
+        for du in _log2_points(-radius, radius, grid["refine"])
+        for dv in _log2_points(-radius, radius, grid["refine"])
+    )
 
 
 def rate_config(point: tuple[float, float]) -> RateConfig:
@@ -341,6 +351,36 @@ def _table(ck: _Checker, raw: Mapping[str, Any], key: str, valid: tuple[str, ...
 def _range(ck: _Checker, key: str, value: Any) -> list[float]:
     lo, hi = _pair(ck, key, value, integer=False)
     return [float(lo), float(hi)]
+
+
+def parse_rates(ck: _Checker, raw: Mapping[str, Any]) -> tuple[dict, dict]:
+    """The ``[grid]`` and ``[lines]`` tables of a spec, checked, with defaults filled in."""
+    g = _table(ck, raw, "grid", _GRID)
+    for k in ("log2_eta_a", "log2_eta_b"):
+        if k not in g:
+            ck.fail(f"grid.{k}", "required key missing: give [lo, hi] (log2 of the rate)")
+        g[k] = _range(ck, f"grid.{k}", g[k])
+    g["step"] = ck.real("grid.step", g.get("step", 1.0), positive=True)
+    g["refine"] = ck.real("grid.refine", g.get("refine", 0.5), positive=False)
+    g["refine_radius"] = ck.real("grid.refine_radius", g.get("refine_radius", 1.0), positive=False)
+    if g["refine"] and g["refine_radius"] < g["refine"]:
+        ck.fail(
+            "grid.refine_radius",
+            f"must be at least grid.refine ({g['refine']})",
+            g["refine_radius"],
+        )
+    ln = _table(ck, raw, "lines", _LINES)
+    ln["step"] = ck.real("lines.step", ln.get("step", 0.5), positive=True)
+    for k in ("equal", "b_only", "ratio_log2_eta_a"):
+        if k in ln:
+            ln[k] = _range(ck, f"lines.{k}", ln[k])
+    if "ratio" in ln:
+        ln["ratio"] = ck.real("lines.ratio", ln["ratio"], positive=True)
+        if "ratio_log2_eta_a" not in ln:
+            ck.fail("lines.ratio_log2_eta_a", "required with lines.ratio: give [lo, hi]")
+    elif "ratio_log2_eta_a" in ln:
+        ck.fail("lines.ratio", "required with lines.ratio_log2_eta_a")
+    return g, ln
 
 
 def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
@@ -402,31 +442,7 @@ def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
         if not isinstance(t, list) or not t or not all(isinstance(x, str) and x for x in t):
             ck.fail("finetune.targets", "must be a non-empty list of module names", t)
 
-    g = _table(ck, raw, "grid", _GRID)
-    for k in ("log2_eta_a", "log2_eta_b"):
-        if k not in g:
-            ck.fail(f"grid.{k}", "required key missing: give [lo, hi] (log2 of the rate)")
-        g[k] = _range(ck, f"grid.{k}", g[k])
-    g["step"] = ck.real("grid.step", g.get("step", 1.0), positive=True)
-    g["refine"] = ck.real("grid.refine", g.get("refine", 0.5), positive=False)
-    g["refine_radius"] = ck.real("grid.refine_radius", g.get("refine_radius", 1.0), positive=False)
-    if g["refine"] and g["refine_radius"] < g["refine"]:
-        ck.fail(
-            "grid.refine_radius",
-            f"must be at least grid.refine ({g['refine']})",
-            g["refine_radius"],
-        )
-    ln = _table(ck, raw, "lines", _LINES)
-    ln["step"] = ck.real("lines.step", ln.get("step", 0.5), positive=True)
-    for k in ("equal", "b_only", "ratio_log2_eta_a"):
-        if k in ln:
-            ln[k] = _range(ck, f"lines.{k}", ln[k])
-    if "ratio" in ln:
-        ln["ratio"] = ck.real("lines.ratio", ln["ratio"], positive=True)
-        if "ratio_log2_eta_a" not in ln:
-            ck.fail("lines.ratio_log2_eta_a", "required with lines.ratio: give [lo, hi]")
-    elif "ratio_log2_eta_a" in ln:
-        ck.fail("lines.ratio", "required with lines.ratio_log2_eta_a")
+    g, ln = parse_rates(ck, raw)
     spec = LadderSpec(
         name=name,
         arch=arch,
@@ -625,10 +641,39 @@ def _chunks(points: Sequence[tuple[float, float]], size: int) -> list[tuple]:
     return [tuple(points[i : i + size]) for i in range(0, len(points), size)]
 
 
-def _final_means(frames: list[pd.DataFrame], steps: int) -> pd.Series:
-    df = pd.concat(frames, ignore_index=True)
-    last = df[(df["step"] == steps) & (df["eta_a"] > 0)]
-    return last.groupby(["eta_a", "eta_b"])["val_loss"].mean()
+def refinement_patches(
+    store_path: str | os.PathLike[str],
+    groups: Mapping[Any, Sequence[Any]],
+    coarse: Sequence[tuple[float, float]],
+    grid: Mapping[str, Any],
+    steps: int,
+) -> dict[Any, list[tuple[float, float]]]:
+    """For every group (a width, a model) whose coarse jobs are all in the store: the points of
+    the refinement patch around its best coarse cell that the coarse stage did not run.
+
+    The best cell has the lowest seed-mean loss at the last evaluation of the validation curve
+    (``val_loss`` at step ``steps``; runs that train ``A`` only)."""
+    from loraplus_lab.sims.sweep.store import Store
+
+    if not grid["refine"]:
+        return {}
+    store = Store(store_path)
+    done = store.done_keys()
+    have = set(coarse)
+    out = {}
+    for group, jobs in groups.items():
+        if not all(j.key in done for j in jobs):
+            continue
+        df = pd.concat([store.read_job(j.key) for j in jobs], ignore_index=True)
+        last = df[(df["step"] == steps) & (df["eta_a"] > 0)]
+        means = last.groupby(["eta_a", "eta_b"])["val_loss"].mean()
+        means = means[np.isfinite(means)]
+        if means.empty:
+            continue
+        ea, eb = means.idxmin()
+        center = (round(math.log2(ea), 9), round(math.log2(eb), 9))
+        out[group] = [p for p in refine_points(grid, center) if p not in have]
+    return out
 
 
 def ladder_jobs(spec: LadderSpec, store_path: str | os.PathLike[str] | None = None) -> list:
@@ -636,8 +681,6 @@ def ladder_jobs(spec: LadderSpec, store_path: str | os.PathLike[str] | None = No
     store at ``store_path`` holds all of that width's coarse runs. Pretraining widest first (the
     longest job starts first); finetuning narrowest first, so that narrow landscapes run while
     the widest base is still pretraining."""
-    from loraplus_lab.sims.sweep.store import Store
-
     widths = sorted(spec.widths)
     jobs: list = [PretrainJob(spec, w) for w in reversed(widths)]
     coarse = spec.coarse_points()
@@ -647,25 +690,10 @@ def ladder_jobs(spec: LadderSpec, store_path: str | os.PathLike[str] | None = No
             for chunk in _chunks(coarse, spec.chunk):
                 by_width.setdefault(w, []).append(FinetuneJob(spec, w, s, "coarse", chunk))
         jobs += by_width[w]
-    if store_path is None or not spec.grid["refine"]:
+    if store_path is None:
         return jobs
-    store = Store(store_path)
-    done = store.done_keys()
-    steps = spec.finetune["steps"]
-    for w in widths:
-        if not all(j.key in done for j in by_width[w]):
-            continue
-        means = _final_means([store.read_job(j.key) for j in by_width[w]], steps)
-        means = means[np.isfinite(means)]
-        if means.empty:
-            continue
-        ea, eb = means.idxmin()
-        have = set(coarse)
-        patch = [
-            p
-            for p in spec.refine_points((round(math.log2(ea), 9), round(math.log2(eb), 9)))
-            if p not in have
-        ]
+    patches = refinement_patches(store_path, by_width, coarse, spec.grid, spec.finetune["steps"])
+    for w, patch in patches.items():
         for s in spec.seeds:
             for chunk in _chunks(patch, spec.chunk):
                 jobs.append(FinetuneJob(spec, w, s, "refine", chunk))
@@ -688,6 +716,38 @@ class LadderKind:
 KIND_OBJECT = LadderKind()
 
 
+def run_stages(
+    spec: Any,
+    out: str | os.PathLike[str],
+    jobs_of: Callable[[Any, Path], list],
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    progress: bool | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the jobs ``jobs_of(spec, store)`` lists into the store ``out`` (created or resumed),
+    again and again while a pass adds jobs (a later stage depends on an earlier one's results),
+    until none is left. Returns the passes' records and the store's path."""
+    from loraplus_lab.sims.sweep.executors import run
+    from loraplus_lab.sims.sweep.store import Store
+
+    store = Store.open_or_create(out, spec)
+    passes = []
+    while True:
+        jobs = jobs_of(spec, store.path)
+        todo = [j for j in jobs if j.key not in store.done_keys()]
+        if not todo:
+            break
+        if on_stage is not None:
+            on_stage(f"{len(todo)} jobs ({', '.join(sorted({j.stage for j in todo}))})")
+        summary = run(store, jobs, executor=executor, workers=workers, progress=progress)
+        passes.append(summary.record())
+        if summary.jobs_run == 0:
+            break
+    return {"path": str(store.path), "passes": passes, "jobs": len(jobs_of(spec, store.path))}
+
+
 def run_ladder(
     spec: LadderSpec,
     out: str | os.PathLike[str],
@@ -698,21 +758,8 @@ def run_ladder(
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``spec`` into the store ``out`` (creating or resuming it) until no
-    job is left. Returns a summary: jobs run per pass and the store's path."""
-    from loraplus_lab.sims.sweep.executors import run
-    from loraplus_lab.sims.sweep.store import Store
-
-    store = Store.open_or_create(out, spec)
-    passes = []
-    while True:
-        jobs = ladder_jobs(spec, store.path)
-        todo = [j for j in jobs if j.key not in store.done_keys()]
-        if not todo:
-            break
-        if on_stage is not None:
-            on_stage(f"{len(todo)} jobs ({', '.join(sorted({j.stage for j in todo}))})")
-        summary = run(store, jobs, executor=executor, workers=workers, progress=progress)
-        passes.append(summary.record())
-        if summary.jobs_run == 0:
-            break
-    return {"path": str(store.path), "passes": passes, "jobs": len(ladder_jobs(spec, store.path))}
+    job is left (:func:`run_stages`)."""
+    return run_stages(
+        spec, out, ladder_jobs, executor=executor, workers=workers, progress=progress,
+        on_stage=on_stage,
+    )  # fmt: skip

@@ -232,6 +232,9 @@ def optima_table(L: Landscapes, ratio: float | None) -> pd.DataFrame:
             if idx < 0:
                 continue
             e = ex[ex["c"] == idx]
+            if "a_change" not in e or "val_loss_a0" not in e:  # runs that do not record them
+                r[f"{tag}_a_change"] = r[f"{tag}_gain_through_a"] = np.nan
+                continue
             r[f"{tag}_a_change"] = float(e["a_change"].mean())
             through_a = (e["val_loss_a0"] - e["final_loss"]) / (L.before[i] - e["final_loss"])
             r[f"{tag}_gain_through_a"] = float(through_a.mean())
@@ -480,25 +483,26 @@ def report(tables: dict, ratio: float | None) -> str:
         "intervals: 95% percentile bootstrap over seeds, optimum and tuned runs re-found in "
         "every resample.",
         "",
-        "pretrained bases (validation loss in nats per byte):",
     ]
     pre = tables["pretrain"]
-    for r in pre.itertuples():
-        extra = (
-            f", on the finetuning corpus before finetuning {r.finetune_val_loss_before:.3f}"
-            if hasattr(r, "finetune_val_loss_before")
-            else ""
-        )
+    if len(pre):
+        lines.append("pretrained bases (validation loss in nats per byte):")
+        for r in pre.itertuples():
+            extra = (
+                f", on the finetuning corpus before finetuning {r.finetune_val_loss_before:.3f}"
+                if hasattr(r, "finetune_val_loss_before")
+                else ""
+            )
+            lines.append(
+                f"  n = {r.width:>5}: {r.params:>9,} parameters, pretraining validation "
+                f"{r.pretrain_val_loss:.3f}{extra}"
+            )
+        v = pre.sort_values("width")["pretrain_val_loss"].to_numpy()
         lines.append(
-            f"  n = {r.width:>5}: {r.params:>9,} parameters, pretraining validation "
-            f"{r.pretrain_val_loss:.3f}{extra}"
+            "  wider is better at every step of the ladder"
+            if np.all(np.diff(v) < 0)
+            else "  NOT monotone: a wider base is not better at every step"
         )
-    v = pre.sort_values("width")["pretrain_val_loss"].to_numpy()
-    lines.append(
-        "  wider is better at every step of the ladder"
-        if np.all(np.diff(v) < 0)
-        else "  NOT monotone: a wider base is not better at every step"
-    )
     lines += ["", "per width (log2 rates; λ* = η_B*/η_A*):"]
 
     def cell(w: int, key: str, fmt: str) -> str:
@@ -515,17 +519,22 @@ def report(tables: dict, ratio: float | None) -> str:
             f"  n = {w:>5}: η_A* {cell(w, 'log2_eta_a', '+.2f')}, η_B* "
             f"{cell(w, 'log2_eta_b', '+.2f')}, λ* {cell(w, 'log2_ratio', '+.2f')}{edge}"
         )
-        lines.append(
-            f"           gain {r.gain:.4f} nats; tuned LoRA gives up {100 * r.equal_gap:.1f}% of "
-            f"it, LoRA+ (λ = {ratio:g}) {100 * r.ratio_gap:.1f}%, B only {100 * r.b_only_gap:.1f}%"
-        )
+        gaps = f"tuned LoRA gives up {cell(w, 'equal_gap', '.1%')} of it, LoRA+ (λ = {ratio:g}) "
+        gaps += cell(w, "ratio_gap", ".1%")
+        if np.isfinite(r.b_only_gap):
+            gaps += f", B only {cell(w, 'b_only_gap', '.1%')}"
+        lines.append(f"           gain {r.gain:.4f} nats; {gaps}")
         speed = cell(w, "speedup", ".2f")
         speed = "not reached" if speed == "n/a" else f"{speed}×"
+        moved = ""
+        if np.isfinite(r.best_a_change):
+            moved = (
+                f"; ‖A_T−A_0‖/‖A_0‖ at the optimum {r.best_a_change:.2f}, share of its gain "
+                f"that needs A to move {100 * r.best_gain_through_a:.0f}%"
+            )
         lines.append(
             f"           LoRA+ speed-up over tuned LoRA {speed}, final loss "
-            f"{cell(w, 'ratio_vs_equal', '+.2%')} lower; ‖A_T−A_0‖/‖A_0‖ at the optimum "
-            f"{r.best_a_change:.2f}, share of its gain that needs A to move "
-            f"{100 * r.best_gain_through_a:.0f}%"
+            f"{cell(w, 'ratio_vs_equal', '+.2%')} lower{moved}"
         )
     lines += [
         "",
