@@ -85,46 +85,9 @@ SMOKE = {
     "tp_reps": 2,
 }
 LR = 1e-3
-#: Section 3: the ladder on a GPU (``{device}``, ``{dtype}`` filled in by :func:`ladder`).
-LADDER_FULL = """
-name = "ladder-gpt2-gpu"
-arch = "gpt2"
-widths = {{ log2 = [8, 11] }}
-layers = 2
-head_dim = 64
-context = 128
-seeds = 2
-chunk = 16
-dtype = "{dtype}"
-device = "{device}"
-
-[pretrain]
-steps = 400
-batch = 64
-warmup = 40
-
-[finetune]
-steps = 100
-batch = 16
-warmup = 10
-eval_every = 10
-curve_windows = 32
-eval_windows = 128
-
-[grid]
-log2_eta_a = [-15, -5]
-log2_eta_b = [-10, -2]
-step = 2
-refine = 1
-refine_radius = 1
-
-[lines]
-equal = [-13, -3]
-b_only = [-10, -2]
-ratio = 16
-ratio_log2_eta_a = [-15, -7]
-step = 1
-"""
+#: Section 3: the ladder on a GPU, ``specs/realmodels/ladder_gpt2_gpu.toml`` (device and dtype
+#: replaced by the check's own where they differ).
+LADDER_FULL = Path(__file__).resolve().parents[1] / "specs/realmodels/ladder_gpt2_gpu.toml"
 LADDER_SMOKE = """
 name = "ladder-smoke"
 arch = "gpt2"
@@ -317,7 +280,12 @@ def ladder(smoke: bool, device: str, out: Path) -> dict[str, Any]:
     from loraplus_lab.sims.sweep.store import load
 
     dtype = "bfloat16" if device == "cuda" or not smoke else "float32"
-    text = (LADDER_SMOKE if smoke else LADDER_FULL).format(device=device, dtype=dtype)
+    if smoke:
+        text = LADDER_SMOKE.format(device=device, dtype=dtype)
+    else:
+        text = LADDER_FULL.read_text()
+        text = text.replace('device = "cuda"', f'device = "{device}"')
+        text = text.replace('dtype = "bfloat16"', f'dtype = "{dtype}"')
     spec = parse_ladder_spec(text, "gpu_check")
     os.environ.setdefault("LORAPLUS_CACHE", str(out / "cache"))
     t0 = time.perf_counter()

@@ -411,3 +411,16 @@ def test_real_figures_in_fast_mode(tmp_path: Path, monkeypatch, capsys) -> None:
     full = figures.readme_text({"real_ladder": data})
     assert "Measured slopes against log2 n" in full and "Measured speed-up" in full
     assert "Measured share of the best run's finetuning gain" in full
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ladder_gpt2_cpu", "ladder_gpt2_gpu", "ladder_llama_cpu", "family_pythia_sst2"],
+)
+def test_committed_real_model_specs_parse(name: str) -> None:
+    from loraplus_lab.sims.cli.ladder import load_spec
+
+    path = Path(__file__).resolve().parent.parent / "specs" / "realmodels" / f"{name}.toml"
+    spec = load_spec(str(path))
+    assert spec.to_dict()["kind"] == ("family" if name.startswith("family") else "ladder")
+    assert spec.coarse_points()

@@ -25,7 +25,8 @@ def add_parsers(sub: Any) -> None:
         help="pretrained width ladder: LoRA landscapes over (η_A, η_B), optimal-rate slopes, "
         "LoRA+'s speed-up",
         description=(
-            "Run a real-model ladder from a spec file (e.g. specs/ladder_gpt2_cpu.toml): pretrain "
+            "Run a real-model ladder from a spec file (e.g. "
+            "specs/realmodels/ladder_gpt2_cpu.toml): pretrain "
             "one base per width on one corpus, LoRA-finetune every (η_A, η_B) of a coarse grid, "
             "its refinement and the equal-rate, A-frozen and fixed-ratio lines on another, then "
             "print per width the optimum, the references and LoRA+'s speed-up, and the slopes "
@@ -120,7 +121,9 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         out = Path(args.out)
         spec = None
     else:
-        raise UsageError("give a ladder spec file (e.g. specs/ladder_gpt2_cpu.toml) or --resume")
+        raise UsageError(
+            "give a ladder spec file (e.g. specs/realmodels/ladder_gpt2_cpu.toml) or --resume"
+        )
     a.use_agg()
     _quiet()
     from loraplus_lab.sims.sweep.store import Store

@@ -1,6 +1,6 @@
 """The real-model ladder's figures for the registry (``loraplus-lab figures --only real_...``):
-the experiment (the committed spec ``specs/ladder_gpt2_cpu.toml``, or a tiny one with
-``--fast``), its tables, its plots and its printed report.
+the experiment (the committed spec ``specs/realmodels/ladder_gpt2_cpu.toml``, or a tiny one
+with ``--fast``), its tables, its plots and its printed report.
 
 The ladder runs into a store under the cache (``$LORAPLUS_CACHE/ladders/NAME-HASH``), so a
 second ``figures`` run, or one interrupted and started again, reuses every finished job; the
@@ -24,7 +24,7 @@ from loraplus_lab.sims.realmodels.ladder import LadderSpec, load_ladder_spec, pa
 from loraplus_lab.sims.realmodels.ladder_config import default_cache
 
 #: The committed experiment, relative to the repository's root.
-SPEC = Path("specs") / "ladder_gpt2_cpu.toml"
+SPEC = Path("specs") / "realmodels" / "ladder_gpt2_cpu.toml"
 #: Columns kept in the figure's data file (``figures/data/real_ladder.csv``).
 COLUMNS = (
     "part",
