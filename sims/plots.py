@@ -44,9 +44,10 @@ def plot_delta_coordcheck(
     mean over seeds of one quantity (colour: ``|δ^k|`` or another statistic such as ``|Z_A|``)
     under one parametrization (line style); the band is ± one standard error over seeds.
     Diverged rows are left out; a quantity that is exactly zero at a step is named in the panel
-    instead of drawn (a log axis has no zero), and so is one that equals an earlier quantity at
-    every width (it is drawn thinner, on top of the one it equals, which would otherwise vanish
-    under it). The y label defaults to "mean |δ| over seeds" when every quantity is a δ.
+    instead of drawn (a log axis has no zero), and so is one that matches an earlier quantity to
+    0.1% at every width, which a log axis cannot tell apart (it is drawn thinner, on top of the
+    one it matches, which would otherwise vanish under it). The y label defaults to "mean |δ|
+    over seeds" when every quantity is a δ.
     """
     d = df[(df["step"] >= 1) & ~df["diverged"]]
     steps = sorted(d["step"].unique())
@@ -73,7 +74,9 @@ def plot_delta_coordcheck(
                     (
                         r
                         for r in quantities[:qi]
-                        if np.allclose(dt[dt["param"] == p].groupby("width")[r].mean(), mean)
+                        if np.allclose(
+                            dt[dt["param"] == p].groupby("width")[r].mean(), mean, rtol=1e-3, atol=0
+                        )
                     ),
                     None,
                 )
@@ -99,7 +102,7 @@ def plot_delta_coordcheck(
         ax.set_title(f"step t = {t}")
         ax.set_xlabel("width n")
         notes = zero_notes + [
-            f"{_short(q)} = {_short(r)} ({', '.join(ps)})" for (q, r), ps in equal_notes.items()
+            f"{_short(q)} ≈ {_short(r)} ({', '.join(ps)})" for (q, r), ps in equal_notes.items()
         ]
         if notes:
             ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")

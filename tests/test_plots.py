@@ -23,14 +23,16 @@ def _sweep():
 
 def test_a_delta_equal_to_another_is_named_and_stays_visible() -> None:
     df = _sweep()
-    # Adam with ε → 0 moves b by the same ±η_B at steps 1 and 2, so δ³ = δ¹ exactly at step 2
-    s2 = df[df["step"] == 2]
-    assert np.allclose(s2["delta3"], s2["delta1"], rtol=1e-12)
+    # Adam (ε → 0) moves b by nearly the same η_B at steps 1 and 2 (b_1 = Δb_1 ≈ Δb_2), so at
+    # step 2 δ³ = Δb_2·Δz matches δ¹ = b_1·Δz to a few 1e-5, and a log axis draws one line
+    s2, s3 = df[df["step"] == 2], df[df["step"] == 3]
+    assert np.max(np.abs(s2["delta3"] / s2["delta1"] - 1)) < 1e-3
+    assert np.min(np.abs(s3["delta3"] / s3["delta1"] - 1)) > 0.1
     fig = plot_delta_coordcheck(df)
     ax1, ax2, ax3 = fig.axes[:3]
     notes = " ".join(t.get_text() for t in ax2.texts)
-    assert "δ³ = δ¹ (lora, loraplus)" in notes
-    assert "δ³ = δ¹" not in " ".join(t.get_text() for t in ax3.texts)
+    assert "δ³ ≈ δ¹ (lora, loraplus)" in notes
+    assert "δ³ ≈ δ¹" not in " ".join(t.get_text() for t in ax3.texts)
     assert "δ¹ ≡ 0 (lora)" in " ".join(t.get_text() for t in ax1.texts)
     # the equal line is drawn thinner, on top, so the one beneath still shows
     widths = {round(ln.get_linewidth(), 2) for ln in ax2.lines}
