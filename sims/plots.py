@@ -61,14 +61,14 @@ def plot_delta_coordcheck(
         ax.set_visible(False)
     for ax, t in zip(axes.flat, steps, strict=False):
         dt = d[d["step"] == t]
-        zero_notes: list[str] = []
+        zero_notes: dict[str, list[str]] = {}
         equal_notes: dict[tuple[str, str], list[str]] = {}
         for qi, q in enumerate(quantities):
             for pi, p in enumerate(params):
                 g = dt[dt["param"] == p].groupby("width")[q]
                 mean, se = g.mean(), g.sem().fillna(0.0)
                 if len(mean) and (mean == 0).all():
-                    zero_notes.append(f"{_short(q)} ≡ 0 ({p})")
+                    zero_notes.setdefault(q, []).append(p)
                     continue
                 same = next(
                     (
@@ -101,7 +101,7 @@ def plot_delta_coordcheck(
         ax.set_yscale("log", base=2)
         ax.set_title(f"step t = {t}")
         ax.set_xlabel("width n")
-        notes = zero_notes + [
+        notes = [f"{_short(q)} ≡ 0 ({', '.join(ps)})" for q, ps in zero_notes.items()] + [
             f"{_short(q)} ≈ {_short(r)} ({', '.join(ps)})" for (q, r), ps in equal_notes.items()
         ]
         if notes:

@@ -33,7 +33,7 @@ def test_a_delta_equal_to_another_is_named_and_stays_visible() -> None:
     notes = " ".join(t.get_text() for t in ax2.texts)
     assert "δ³ ≈ δ¹ (lora, loraplus)" in notes
     assert "δ³ ≈ δ¹" not in " ".join(t.get_text() for t in ax3.texts)
-    assert "δ¹ ≡ 0 (lora)" in " ".join(t.get_text() for t in ax1.texts)
+    assert "δ¹ ≡ 0 (lora, loraplus)" in " ".join(t.get_text() for t in ax1.texts)
     # the equal line is drawn thinner, on top, so the one beneath still shows
     widths = {round(ln.get_linewidth(), 2) for ln in ax2.lines}
     assert widths == {0.8, 1.5}

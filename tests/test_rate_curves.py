@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from loraplus_lab.sims import figures, landscape
+from loraplus_lab.sims.params import Parametrization
 from loraplus_lab.sims.plots import plot_rate_curves
 
 matplotlib.use("Agg")
@@ -204,7 +205,8 @@ def test_rate_curves_experiment_in_fast_mode() -> None:
 @pytest.mark.slow
 def test_local_refinement_evaluates_the_rates_it_claims() -> None:
     coarse = figures.collect_linear_landscape(True)
-    fine = figures.refine_linear_landscape(coarse, "adam", half_width=1.0, step=0.5)
+    # one window per width, centred on the coarse optimum (later windows may leave the grid)
+    fine = figures.refine_linear_landscape(coarse, "adam", half_width=1.0, step=0.5, rounds=1)
     assert set(fine["seed"]) == set(coarse["seed"])
     for w, g in fine.groupby("width"):
         u = np.unique(np.log2(g["eta_a"]))
@@ -220,3 +222,46 @@ def test_local_refinement_evaluates_the_rates_it_claims() -> None:
         assert len(inside) >= len(g["seed"].unique())  # a 2-octave window holds a coarse cell
         assert len(both) == len(inside)
         assert np.allclose(both["test_loss_c"], both["test_loss_f"], rtol=1e-9, atol=0)
+
+
+def test_a_refinement_window_moves_to_a_minimum_on_its_edge(monkeypatch) -> None:
+    """The window follows the fine loss to its minimum when it starts off-centre: a stand-in
+    simulator whose loss has its minimum at (−3, −9), and a coarse landscape whose optimum is at
+    (−6, −6)."""
+    import loraplus_lab.sims.toy as toy
+
+    def bowl_rows(widths, params, seeds, *, u0, v0, **_):
+        rows = []
+        for w in widths:
+            for p in params:
+                u, v = np.log2(p.eta_a), np.log2(p.eta_b)
+                for s in seeds:
+                    loss = 0.1 * np.exp(0.2 * (u - u0) ** 2 + 0.2 * (v - v0) ** 2)
+                    rows.append(
+                        {"width": w, "param": p.name, "seed": s, "step": 8, "eta_a": p.eta_a,
+                         "eta_b": p.eta_b, "diverged": False, "test_loss": loss}
+                    )  # fmt: skip
+        return pd.DataFrame(rows)
+
+    grid = [
+        Parametrization(f"a{i}b{j}", 2.0**a, 2.0**b, 0, 0)
+        for i, a in enumerate(range(-12, 0))
+        for j, b in enumerate(range(-12, 0))
+    ]
+    coarse = bowl_rows([64], grid, range(2), u0=-6.0, v0=-6.0)
+    calls = []
+
+    def fake(widths, params, seeds, **kw):
+        calls.append(params)
+        return bowl_rows(widths, params, seeds, u0=-3.0, v0=-9.0)
+
+    monkeypatch.setattr(toy, "simulate_batch", fake)
+    moved = figures.refine_linear_landscape(coarse, "adam", half_width=1.5, step=0.25, rounds=4)
+    (s,) = landscape.surfaces(moved, loss="test_loss")
+    o = landscape.find_optimum(s.u, s.v, s.mean(), smooth=0)
+    assert not o.at_edge and abs(o.u + 3.0) < 0.01 and abs(o.v + 9.0) < 0.01
+    assert 2 <= len(calls) <= 4  # it moved, and stopped once the minimum was inside
+    calls.clear()
+    stay = figures.refine_linear_landscape(coarse, "adam", half_width=1.5, step=0.25, rounds=1)
+    assert len(calls) == 1
+    assert np.log2(stay["eta_a"]).mean() == pytest.approx(-6.0)
