@@ -54,7 +54,7 @@ EXPECTED = {
         "best loss with equal rates / best with LoRA+ (95% CI):",
         "Adam: slope of log2 η_A* vs log2 n:",
         "GD: slope of log2 λ*   vs log2 n:",
-        "the best pair's loss ∝ n^",
+        "the best pair's loss from n = ",
         "along the floor (columns within 25% of the best loss)",
         "• Equal-rate gap (L_equal − L*)/L* at the same resolution: Adam",
     ],
