@@ -46,6 +46,20 @@ LINEAR_STEPS = 8
 LINEAR_GD_TASK = {**LINEAR_TASK, "outputs": 8}
 
 
+def linear_setup(fast: bool, optimizer: str) -> tuple[list[int], range, dict]:
+    """Widths, seeds and task options of the linear teacher–student experiments under
+    ``optimizer`` (``"adam"``: ``LINEAR_TASK``, widths 2^6 to 2^12, 8 seeds; ``"gd"``:
+    ``LINEAR_GD_TASK``, widths 2^7 to 2^13, 16 seeds, because the equal-rate gap is noisy per
+    seed); ``fast`` shrinks both to widths 2^6 to 2^10 and two seeds."""
+    if optimizer == "adam":
+        widths = [64, 256, 1024] if fast else [64, 256, 1024, 4096]
+        return widths, range(2 if fast else 8), LINEAR_TASK
+    if optimizer == "gd":
+        widths = [64, 256, 1024] if fast else [128, 512, 2048, 8192]
+        return widths, range(2 if fast else 16), LINEAR_GD_TASK
+    raise ValueError(f"optimizer must be adam or gd, got {optimizer!r}")
+
+
 def _grid_params(lo: int, hi: int, step: float = 1.0, **kwargs) -> list[Parametrization]:
     """A product grid of fixed base rates (``c_A = c_B = 0``): the rates are the grid values at
     every width, so the optimum can move freely."""
@@ -99,14 +113,14 @@ def collect_linear_landscape(fast: bool) -> pd.DataFrame:
         -14 if fast else -16, (-2 if fast else -1) + 1e-9, 0.5 if fast else 0.25
     )
     params += [Parametrization(f"diag{k}", e, e, 0, 0) for k, e in enumerate(line)]
-    widths = [64, 256, 1024] if fast else [64, 256, 1024, 4096]
+    widths, seeds, task = linear_setup(fast, "adam")
     df = simulate_batch(
         widths,
         params,
-        range(2 if fast else 8),
+        seeds,
         steps=LINEAR_STEPS,
         problem="general",
-        problem_options=LINEAR_TASK,
+        problem_options=task,
         optimizer="adam",
     )
     return df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
@@ -121,18 +135,156 @@ def collect_linear_landscape_gd(fast: bool) -> pd.DataFrame:
     params = _grid_params(lo, hi, 2.0 if fast else 0.5)
     line = 2.0 ** np.arange(lo, hi + 1e-9, 0.5 if fast else 0.25)
     params += [Parametrization(f"diag{k}", e, e, 0, 0) for k, e in enumerate(line)]
-    widths = [64, 256, 1024] if fast else [128, 512, 2048, 8192]
+    widths, seeds, task = linear_setup(fast, "gd")
     df = simulate_batch(
         widths,
         params,
-        range(2 if fast else 16),  # the gap is noisy per seed: 16 seeds pin its trend down
+        seeds,
         steps=LINEAR_STEPS,
         problem="general",
-        problem_options=LINEAR_GD_TASK,
+        problem_options=task,
         optimizer="gd",
         chunk=256,  # ≈ 1 GB per batch at n = 2^13
     )
     return df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+
+
+#: Rate rules compared along one base rate η̃ (notebook 03), with n0 the smallest width:
+#: LoRA+ (η_A = η̃·n0/n, η_B = λ0·η̃), and equal rates held fixed (η_A = η_B = η̃) or scaled like
+#: n^-1/2 (η_A = η_B = η̃·(n0/n)^1/2), the presets of the same names.
+CURVE_RULES = ("loraplus", "lora-fixed", "lora-sqrt")
+#: The base rates of the curves, log2 η̃ from, to (a quarter octave apart; half in fast mode).
+CURVE_ETAS = {"adam": (-12.0, 0.0), "gd": (-10.0, 2.0)}
+#: The base ratios λ0 = η_B/η_A at n0 among which LoRA+'s is tuned, log2 λ0 from, to, step.
+CURVE_RATIOS = (-2.0, 6.0, 0.5)
+
+
+def _curve_rows(
+    widths: list[int], params: list[Parametrization], seeds: range, optimizer: str
+) -> pd.DataFrame:
+    from loraplus_lab.sims.toy import simulate_batch
+
+    task = linear_setup(False, optimizer)[2]
+    df = simulate_batch(
+        widths,
+        params,
+        seeds,
+        steps=LINEAR_STEPS,
+        problem="general",
+        problem_options=task,
+        optimizer=optimizer,
+        chunk=512,
+    )
+    df = df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+    df["rule"] = df["param"].str.split("|").str[0]
+    df["log2_eta"] = np.log2(df["eta_a_base"].to_numpy(float))
+    return df
+
+
+def tune_base_ratio(fast: bool, optimizer: str = "adam") -> pd.DataFrame:
+    """LoRA+'s base ratio λ0, tuned at the smallest width n0 only: the loss along η̃ (η_A = η̃,
+    η_B = λ0·η̃ at n0) for each λ0 of ``CURVE_RATIOS`` (fast: 1, 4, 16). One rule per λ0, named
+    ``"λ0=2^k"``; :func:`best_base_ratio` picks the best."""
+    widths, seeds, _ = linear_setup(fast, optimizer)
+    lo, hi = CURVE_ETAS[optimizer]
+    etas = 2.0 ** np.arange(lo, hi + 1e-9, 0.5 if fast else 0.25)
+    lo_k, hi_k, step_k = (0.0, 4.0, 2.0) if fast else CURVE_RATIOS
+    ks = np.arange(lo_k, hi_k + 1e-9, step_k)
+    params = [
+        preset("loraplus", eta=e, eta_b=2.0**k * e, n0=widths[0]).with_(name=f"λ0=2^{k:g}|{i}")
+        for k in ks
+        for i, e in enumerate(etas)
+    ]
+    df = _curve_rows(widths[:1], params, seeds, optimizer)
+    df["log2_ratio0"] = np.log2(df["ratio"].to_numpy(float))
+    return df
+
+
+def best_base_ratio(tuning: pd.DataFrame) -> float:
+    """The λ0 of :func:`tune_base_ratio`'s rows whose best seed-mean loss (over η̃) is lowest."""
+    curves = landscape.rate_curves(tuning)
+    best = [c.best()[1] for c in curves]
+    if not np.isfinite(best).any():
+        raise ValueError("every base ratio diverged at every rate")
+    c = curves[int(np.nanargmin(best))]
+    return float(tuning.loc[tuning["rule"] == c.rule, "ratio"].iloc[0])
+
+
+def collect_rate_curves(
+    fast: bool, optimizer: str = "adam", ratio0: float | None = None
+) -> pd.DataFrame:
+    """Test loss of the linear task after T steps along one base rate η̃ (a quarter octave
+    apart), at every width of :func:`linear_setup`, under each rule of ``CURVE_RULES``.
+
+    LoRA+'s base ratio ``ratio0`` (λ at the smallest width n0) is tuned there by
+    :func:`tune_base_ratio` when not given, and then scaled like n: the μTransfer protocol (tune
+    at a small width, transfer). Columns: the simulator's, ``rule``, ``log2_eta`` (log2 η̃,
+    which is η_A at n0) and ``ratio0``.
+    """
+    widths, seeds, _ = linear_setup(fast, optimizer)
+    if ratio0 is None:
+        ratio0 = best_base_ratio(tune_base_ratio(fast, optimizer))
+    lo, hi = CURVE_ETAS[optimizer]
+    etas = 2.0 ** np.arange(lo, hi + 1e-9, 0.5 if fast else 0.25)
+    params = [
+        preset(rule, eta=e, eta_b=(ratio0 if rule == "loraplus" else 1.0) * e, n0=widths[0])
+        for rule in CURVE_RULES
+        for e in etas
+    ]
+    params = [p.with_(name=f"{p.name}|{i % len(etas)}") for i, p in enumerate(params)]
+    df = _curve_rows(widths, params, seeds, optimizer)
+    df["ratio0"] = ratio0
+    return df
+
+
+def refine_linear_landscape(
+    coarse: pd.DataFrame,
+    optimizer: str,
+    *,
+    half_width: float = 1.5,
+    step: float = 0.25,
+    rounds: int = 3,
+) -> pd.DataFrame:
+    """The optimum of a coarse linear landscape refined locally, at each width: a product grid
+    ``step`` octaves apart (default a quarter, like the equal-rate line) over ``±half_width``
+    octaves of ``(log2 η_A, log2 η_B)`` around the coarse optimum of the seed-mean test loss,
+    with the coarse landscape's seeds. Where the window's best cell (its seed-mean minimum,
+    unsmoothed: ``find_optimum(..., smooth=0)``) lies on its edge, the window moves there and
+    runs again (at most ``rounds`` windows in all). Returns the rows of the last window at each
+    width (``param`` ``"fine<i>_<j>"``), without the coarse rows.
+    """
+    from loraplus_lab.sims.toy import simulate_batch
+
+    task = linear_setup(False, optimizer)[2]
+    seeds = sorted(int(s) for s in coarse["seed"].unique())
+    offsets = np.arange(-half_width, half_width + 1e-9, step)
+    frames = []
+    for s in landscape.surfaces(coarse, loss="test_loss"):
+        o = landscape.find_optimum(s.u, s.v, s.mean())
+        cu, cv = step * round(o.u / step), step * round(o.v / step)
+        for _ in range(rounds):
+            params = [
+                Parametrization(f"fine{i}_{j}", 2.0 ** (cu + a), 2.0 ** (cv + b), 0, 0)
+                for (i, a), (j, b) in itertools.product(enumerate(offsets), enumerate(offsets))
+            ]
+            df = simulate_batch(
+                [s.width],
+                params,
+                seeds,
+                steps=LINEAR_STEPS,
+                problem="general",
+                problem_options=task,
+                optimizer=optimizer,
+                chunk=512,
+            )
+            df = df[df["step"] == LINEAR_STEPS]
+            (w,) = landscape.surfaces(df, loss="test_loss")
+            o = landscape.find_optimum(w.u, w.v, w.mean(), smooth=0)
+            if not o.at_edge:
+                break
+            cu, cv = step * round(o.u / step), step * round(o.v / step)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 def collect_init_stability(fast: bool) -> pd.DataFrame:
