@@ -5,12 +5,12 @@ averaged over seeds. The theory (``docs/exponents.md``) predicts for Adam-type o
 the best ``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio
 ``λ* = η_B*/η_A*`` grows like ``n``, and the best loss reachable with equal rates falls behind
 the best overall as the width grows (measured on the linear task: under gradient descent it
-does; under Adam it does not, see ``figures/README.md``). This module locates the optimum
-robustly (a quadratic fit of ``log loss`` in a window around the grid minimum of a lightly
-smoothed surface, not a raw argmin), and fits the scaling of the optima against width with
-bootstrap confidence intervals over seeds: a free bootstrap that finds the optimum afresh in
-every resample, and beside it one anchored at the basin the full data selects (see
-:func:`scaling_fits`).
+does; under Adam no gap is resolved with 8 seeds, see ``figures/README.md``). This module
+locates the optimum robustly (a quadratic fit of ``log loss`` in a window around the grid
+minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling of the optima
+against width with bootstrap confidence intervals over seeds: a free bootstrap that finds the
+optimum afresh in every resample, and beside it one anchored at the basin the full data selects
+(see :func:`scaling_fits`).
 """
 
 from __future__ import annotations

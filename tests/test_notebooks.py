@@ -54,6 +54,7 @@ EXPECTED = {
         "best loss with equal rates / best with LoRA+ (95% CI):",
         "Adam: slope of log2 η_A* vs log2 n:",
         "GD: slope of log2 λ*   vs log2 n:",
+        "Adam, coarse grid alone: log2 η_A*",  # the figures' fit beside the refined one
         "the best pair's loss from n = ",
         "along the floor (columns within 25% of the best loss)",
         "• Equal-rate gap (L_equal − L*)/L* at the same resolution: Adam",
@@ -103,6 +104,21 @@ def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
         # anchored at the full data's basin, no bootstrap resample leaves it
         m = re.search(r"anchored: .* more than 2 octaves away: (\d+)%", text)
         assert m and m.group(1) == "0", m and m.group(0)
+        found = _refined_slopes(text)
+        assert found == ["Adam"] * 3 + ["GD"] * 3, f"refined slope lines found for {found}"
+
+
+def _refined_slopes(text: str) -> list[str]:
+    """The optimizers of notebook 03's refined slope lines that carry the free interval, the
+    anchored one and a verdict for each."""
+    verdict = "(?:agrees|close|inconclusive|differs)"
+    ci = r"\[[+-]\d\.\d\d, [+-]\d\.\d\d\]"
+    return re.findall(
+        rf"^(Adam|GD): slope of log2 \S+\s+vs log2 n: [+-]\d\.\d\d, 95% CI free {ci} {verdict}, "
+        rf"anchored {ci} {verdict} \(predicted [+-]\d\)$",
+        text,
+        re.M,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -121,3 +137,5 @@ def test_committed_notebook_has_outputs(name: str) -> None:
         for out in cell.outputs:
             assert out.output_type != "error", f"{name}: a committed cell failed"
     assert str(REPO) not in text and "/tmp/" not in text, "absolute paths in the outputs"
+    if name.startswith("03"):  # executed with the free and the anchored intervals
+        assert _refined_slopes(text) == ["Adam"] * 3 + ["GD"] * 3
