@@ -1,7 +1,9 @@
 """The ``loraplus-lab`` command.
 
 ``loraplus-lab sweep``   width sweep of the toy, measured slopes beside the exponent calculus;
-``loraplus-lab theory``  predicted exponents and regime of a parametrization, or phase diagrams.
+``loraplus-lab theory``  predicted exponents and regime of a parametrization, or phase diagrams;
+``loraplus-lab transfer`` the rates at a width from landscapes at proxy widths
+(:mod:`loraplus_lab.sims.cli_transfer`).
 
 Bad input gets one line on stderr and exit status 2, before anything is written.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from loraplus_lab import sims
+from loraplus_lab.sims import cli_transfer
 from loraplus_lab.sims.params import INITS, PRESETS, Parametrization, parse_exponent, preset
 
 PROG = "loraplus-lab"
@@ -543,8 +546,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _quiet_transformers()
     from loraplus_lab.sims.realmodels.finetune import finetune
 
-    lr = _positive_float("--lr", args.lr)
-    ratio = 1.0 if args.lora else _positive_float("--ratio", args.ratio)
+    rates = None
+    if args.rates_from:  # the rates predicted at the model's width (cli_transfer)
+        rates = cli_transfer.rates_from(args, args.model)
+        lr, ratio = rates["lr"], rates["ratio"]
+    else:
+        if args.width is not None:
+            raise UsageError("--width goes with --rates-from")
+        lr = _positive_float("--lr", "1e-4" if args.lr is None else args.lr)
+        ratio = 1.0 if args.lora else _positive_float("--ratio", args.ratio or "16")
     grid = None
     if args.grid_eta_a or args.grid_eta_b or args.grid_ratio:
         if not args.grid_eta_a or not (args.grid_eta_b or args.grid_ratio):
@@ -592,6 +602,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         **length,
         **options,
     )
+    if rates is not None:
+        summary = {**summary, "rates_from": rates["record"]}
+        _atomic_write(
+            Path(args.out) / "rates_from.json",
+            lambda p: Path(p).write_text(json.dumps(rates["record"], indent=2)),
+        )
     print(json.dumps(summary, indent=2, default=str))
     if not args.json:
         print(f"results in {args.out}")
@@ -904,8 +920,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", required=True, help="local model folder or Hub name")
     ft.add_argument("--task", required=True, help="glue/<name>, FILE.csv or FILE.jsonl")
     ft.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    ft.add_argument("--lr", default="1e-4", help="η_A (default 1e-4)")
-    ft.add_argument("--ratio", default="16", help="λ = η_B/η_A (default 16)")
+    ft.add_argument("--lr", help="η_A (default 1e-4)")
+    ft.add_argument("--ratio", help="λ = η_B/η_A (default 16)")
     ft.add_argument("--lora", action="store_true", help="plain LoRA: λ = 1")
     ft.add_argument("--policy", choices=("theory", "peft"), default="theory")
     ft.add_argument("--epochs", help="training epochs (default 3)")
@@ -933,6 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ft.add_argument("--json", action="store_true", help="print the summary as JSON")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_transfer.add_rates_from(ft)
     ft.set_defaults(func=cmd_finetune)
 
     cc = sub.add_parser(
@@ -987,6 +1004,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--step", help="step to read (default: the last)")
     ls.add_argument("--param", help="only parametrizations whose name starts with this")
     ls.set_defaults(func=cmd_landscape)
+
+    cli_transfer.add_parsers(sub)
 
     sh = sub.add_parser(
         "show",
