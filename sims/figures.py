@@ -888,14 +888,14 @@ def _transfer_verdict(st: pd.DataFrame, goal: float = 0.05) -> str:
                 continue
             other = by.loc[o]
             if r.regret_high < other.regret_low:
-                below.append(f"({o}) beyond the intervals")
+                below.append(f"below ({o}) beyond the intervals")
             elif r.regret < other.regret:
-                below.append(f"({o}) at the point only")
+                below.append(f"below ({o}) at the point only")
             else:
                 below.append(f"not below ({o})")
         parts.append(
             f"({key}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
-            f"{100 * r.regret_high:+.1f}]: {within}; below " + ", ".join(below)
+            f"{100 * r.regret_high:+.1f}]: {within}; " + ", ".join(below)
         )
     return "  goal (LoRA+ transfer ≤ 5% and below (a), (c)): " + "; ".join(parts)
 

@@ -33,9 +33,10 @@ exponent is chosen in one of three modes (:func:`fit_rule`):
 - ``"theory"``: LoRA+'s exponents ``(a, b) = (−1, 0)`` (η_A = Θ(1/n), η_B = Θ(1)), only ``c_A``,
   ``c_B`` fitted;
 - ``"free"``: the exponents fitted too;
-- ``"blend"`` (the default): the fitted exponent shrunk toward the theory's by the evidence the
-  data hold against it, ``k = k_th + w·(k̂ − k_th)`` with ``w = max(0, 1 − s²/(k̂ − k_th)²)``,
-  ``s`` the standard error of ``k̂`` that its bootstrap interval implies (:func:`slope_spread`).
+- ``"blend"`` (the default): the fitted exponent shrunk toward the theory's by the departure
+  the data establish, ``k = k_th + w·(k̂ − k_th)`` with ``w = δ²/(δ² + s²)``, ``δ = max(0,
+  |k̂ − k_th| − 1.96·s)`` and ``s`` the standard error of ``k̂`` that its bootstrap interval
+  implies (:func:`blend_weight`, :func:`slope_spread`).
 
 Why the blend. Every mode's line passes through the centre ``(x̄, ȳ)`` of the proxies, so at the
 target ``x_t = log2 n_t`` the modes differ only by ``(k − k_true)·(x_t − x̄)``: the error of the
@@ -45,13 +46,15 @@ noisy — two to four proxies one to three octaves apart leave it an uncertainty
 turn into a factor of 2 or more in the rates. The theory's exponent has no variance but is exact
 only as ``n → ∞``; at finite widths the optimum can move a little faster or slower (the linear
 task under GD: ``η_A*`` slope −1.08). Writing ``δ = k_true − k_th``, the weight minimising the
-squared error of ``k_th + w(k̂ − k_th)`` is ``w* = δ²/(δ² + s²)``; ``(k̂ − k_th)² − s²``
-estimates ``δ²`` without bias, and clipping it at 0 gives the weight above (the positive-part
-James–Stein rule in one dimension). The theory is kept unless the proxies contradict it beyond
-their own noise, and followed where they do. The weight is decided once, from all the data; the
-replicates use the same weight (deciding it afresh in each would let the rare replicate whose
-optimum jumped along a valley drag the blend to an absurd exponent), so the blend's interval is
-conditional on its weight.
+squared error of ``k_th + w(k̂ − k_th)`` is ``w* = δ²/(δ² + s²)``. The data know ``δ`` only
+through ``k̂``; the blend plugs in the smallest departure they establish at 95% — zero (the
+theory kept) unless the fitted exponent's 95% interval excludes the theory's, and beyond that
+a weight that grows towards 1 as the departure grows past its noise. (Plugging in the unbiased
+``(k̂ − k_th)² − s²`` instead, the positive-part James–Stein rule, follows a fitted exponent
+barely one standard error from the theory; with few proxies that is mostly noise.) The weight is
+decided once, from all the data; the replicates use the same weight (deciding it afresh in each
+would let the rare replicate whose optimum jumped along a valley drag the blend to an absurd
+exponent), so the blend's interval is conditional on its weight.
 
 **Intervals.** Every bootstrap replicate is fitted the same way, and the prediction's interval is
 the percentile interval of the replicates' predictions, widened about the point estimate by
@@ -801,12 +804,18 @@ def slope_spread(replicates: np.ndarray, seeds: int | None, confidence: float = 
     return float(small_sample_factor(seeds, confidence) * (hi - lo) / (2 * stats.norm.ppf(1 - a)))
 
 
-def _shrink(free: np.ndarray, theory: float, se: float) -> np.ndarray:
-    """``w = max(0, 1 − se²/(k̂ − k_th)²)`` (0 where the free slope equals the theory's)."""
-    d2 = (np.asarray(free, dtype=float) - theory) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.where(d2 > 0, 1.0 - se * se / d2, 0.0)
-    return np.clip(np.where(np.isfinite(w), w, 0.0), 0.0, 1.0)
+def blend_weight(free: float, theory: float, se: float, confidence: float = 0.95) -> float:
+    """The weight of the fitted exponent in the blend: ``w = δ²/(δ² + s²)`` with ``δ = max(0,
+    |k̂ − k_th| − z·s)``, the departure from the theory that the data establish at the
+    ``confidence`` level (``z = z_{(1+confidence)/2}``): 0 unless the fitted exponent's interval
+    excludes the theory's."""
+    if not (math.isfinite(free) and math.isfinite(se)):
+        return 0.0
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    d = max(0.0, abs(free - theory) - z * se)
+    if d == 0.0:
+        return 0.0
+    return float(d * d / (d * d + se * se))
 
 
 def fit_rule(
@@ -834,7 +843,7 @@ def fit_rule(
         elif mode == "free" or not math.isfinite(se):  # no replicates: nothing to weigh with
             weight = 1.0
         else:
-            weight = float(_shrink(k_free, k_th, se))
+            weight = blend_weight(float(k_free), k_th, se)
         k = k_th + weight * (float(k_free) - k_th)
         k_r = k_th + weight * (k_free_r - k_th)
         fits.append(
@@ -901,13 +910,15 @@ def strategy_rates(
     proxies: Sequence[float] | None = None,
     ratio: float = PRACTICE_RATIO,
     theory: tuple[float, float] = THEORY_EXPONENTS,
+    seeds: int | None = None,
 ) -> pd.DataFrame:
     """The rates each strategy of :data:`STRATEGIES` picks at ``target_width`` from the proxies'
     rows of a per-width summary (:func:`width_summaries`), for the point estimate and every
     replicate, beside the target's own optimum (strategy ``"target"``: tuning there directly).
 
-    ``proxies`` default to every width of the summary below the target. Columns ``strategy,
-    replicate, log2_eta_a, log2_eta_b``."""
+    ``proxies`` default to every width of the summary below the target; ``seeds`` is the number
+    of seeds the replicates resample (:class:`ProxyOptima`). Columns ``strategy, replicate,
+    log2_eta_a, log2_eta_b``."""
     _require(summary, SUMMARY_COLUMNS, "per-width summaries")
     widths = np.sort(summary["width"].unique()).astype(float)
     nt = float(target_width)
@@ -933,7 +944,9 @@ def strategy_rates(
     }
     if len(proxies) >= 2:
         boot_reps = reps[reps >= 0]
-        optima = ProxyOptima.from_frame(summary[summary["width"].isin(proxies)], source="proxies")
+        optima = ProxyOptima.from_frame(
+            summary[summary["width"].isin(proxies)], seeds=seeds, source="proxies"
+        )
         x = math.log2(nt)
         for key, mode in _RULE_MODES.items():
             rule = fit_rule(optima, mode=mode, theory=theory)
@@ -1016,9 +1029,16 @@ def validation_replicates(
     draws = np.asarray(draws, dtype=int)
     if draws.ndim != 2:
         raise TransferError(f"draws must have shape (replicates, seeds), got {draws.shape}")
-    rates = strategy_rates(summary, target_width, proxies=proxies, ratio=ratio, theory=theory)
-    reps = np.sort(rates["replicate"].unique())
     S = draws.shape[1]
+    rates = strategy_rates(
+        summary,
+        target_width,
+        proxies=proxies,
+        ratio=ratio,
+        theory=theory,
+        seeds=S if S >= 2 else None,
+    )
+    reps = np.sort(rates["replicate"].unique())
     wts = np.ones((len(reps), S))
     if len(reps) > 1:
         wts[1:] = np.stack([np.bincount(d, minlength=S) for d in draws[reps[reps >= 0]]])

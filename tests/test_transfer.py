@@ -154,6 +154,10 @@ def test_blend_keeps_the_theory_unless_the_proxies_contradict_it() -> None:
     rule = tr.fit_rule(tr.optima_from_seed_optima(df), mode="blend")
     assert rule.weight_a > 0.95 and rule.a == pytest.approx(-0.5, abs=0.05)
     assert rule.se_a < 0.05
+    # the weight: 0 until the fitted exponent is 1.96 standard errors from the theory's
+    assert tr.blend_weight(-0.5, -1.0, 0.3) == 0.0 and tr.blend_weight(-1.5, -1.0, 0.26) == 0.0
+    d = 0.5 - 1.959964 * 0.1
+    assert tr.blend_weight(-0.5, -1.0, 0.1) == pytest.approx(d * d / (d * d + 0.01), rel=1e-6)
 
 
 def test_validation_against_a_known_landscape() -> None:
@@ -436,3 +440,82 @@ def test_transfer_bad_input_one_line_exit_2_nothing_written(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert _tree(tmp_path) == before and _tree(stores["grid"]) == stored
+
+
+def test_transfer_figures_in_fast_mode(tmp_path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``figures --only transfer`` prints the regret table with the goal's verdict and draws the
+    figure (here only the linear task under Adam, in fast mode); the infinite-width figure too."""
+    from loraplus_lab.sims import figures
+    from loraplus_lab.sims.cli import main
+
+    monkeypatch.setattr(figures, "TRANSFER_TASKS", figures.TRANSFER_TASKS[:1])
+    out = tmp_path / "figs"
+    argv = ["figures", "--fast", "--only", "transfer,transfer_infinite_width", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "linear, Adam: proxies n = 32,64 → target n = 512, 2 seeds, 20 replicates" in text
+    assert "goal (LoRA+ transfer ≤ 5% and below (a), (c)): (f)" in text
+    assert "rule (theory) η_A = " in text and "n^-1.000" in text
+    assert "distance to the limit's optimum ∝ n^" in text and "(expected −1/2)" in text
+    for name in ("transfer", "transfer_infinite_width"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+    data = pd.read_csv(out / "data" / "transfer.csv")
+    assert set(data["kind"]) == {"strategy", "replicate", "optimum", "rule"}
+    st = data[data["kind"] == "strategy"]
+    assert list(st["strategy"]) == ["a", "b", "c", "d", "e", "f", "target"]
+    assert (data.loc[data["kind"] == "replicate", "replicate"].max()) == 19
+    readme = (out / "README.md").read_text()
+    assert "## transfer" in readme and "Measured loss regret at the target" in readme
+
+
+def test_the_validation_uses_the_rules_the_predictor_gives() -> None:
+    """Strategies (d)–(f) at the target are exactly the predictor's rules fitted to the proxies
+    with the same number of seeds: here the fitted exponent departs from the theory's by 0.5
+    with a bootstrap spread of 0.15, which the blend follows for many seeds (κ ≈ 1) and not for
+    3 (κ = 2.7)."""
+    rng = np.random.default_rng(0)
+    widths, target, B = [64.0, 128.0, 256.0], 4096.0, 400
+    x = np.log2(widths)
+    eps = 0.15 * rng.standard_normal(B)
+    rows = []
+    for k, w in enumerate(widths):
+        u = 2.0 - 0.5 * x[k]
+        for r in range(-1, B):
+            du = 0.0 if r < 0 else eps[r] * (x[k] - x.mean())
+            rows.append(
+                {
+                    "width": w,
+                    "replicate": r,
+                    "log2_eta_a": u + du,
+                    "log2_eta_b": -3.0,
+                    "equal_log2_eta": -5.0,
+                    "ratio_log2_eta_a": -6.0,
+                    "best_loss": 1.0,
+                }
+            )
+    for r in range(-1, B):
+        rows.append(
+            {
+                "width": target,
+                "replicate": r,
+                "log2_eta_a": -9.0,
+                "log2_eta_b": -3.0,
+                "equal_log2_eta": -7.0,
+                "ratio_log2_eta_a": -9.0,
+                "best_loss": 1.0,
+            }
+        )
+    summary = pd.DataFrame(rows)
+    weights = {}
+    for seeds in (3, 10_000):
+        rates = tr.strategy_rates(summary, target, seeds=seeds).set_index(["strategy", "replicate"])
+        optima = tr.ProxyOptima.from_frame(summary[summary["width"] < target], seeds=seeds)
+        for key, mode in (("d", "theory"), ("e", "free"), ("f", "blend")):
+            rule = tr.fit_rule(optima, mode=mode)
+            p = rule.predict(target)
+            assert rates.loc[(key, -1), "log2_eta_a"] == pytest.approx(p.log2_eta_a, abs=1e-12)
+            assert rates.loc[(key, -1), "log2_eta_b"] == pytest.approx(p.log2_eta_b, abs=1e-12)
+            weights[seeds, mode] = rule.weight_a
+    assert weights[3, "blend"] == 0.0 and weights[10_000, "blend"] > 0.5
+    one = tr.strategy_rates(summary, target, proxies=[256.0], seeds=3)
+    assert set(one["strategy"]) == {"a", "b", "c", "target"}  # one proxy: no rule
