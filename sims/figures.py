@@ -901,20 +901,33 @@ def _transfer_verdict(st: pd.DataFrame, goal: float = 0.05) -> str:
 
 
 def measured_transfer(df: pd.DataFrame) -> str:
-    """The regrets per task, with intervals, in words."""
+    """The regrets per task with their intervals, and how far LoRA+ transfer's rates landed from
+    the target's own optimum, in words."""
     parts = []
     for task in dict.fromkeys(df["task"]):
         st = df[(df["task"] == task) & (df["kind"] == "strategy") & (df["strategy"] != "target")]
         t = st.iloc[0]
-        body = "; ".join(_strategy_line(r) for r in st.itertuples())
+        regrets = "; ".join(
+            f"({r.strategy}) diverged"
+            if np.isposinf(r.regret)
+            else f"({r.strategy}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
+            f"{100 * r.regret_high:+.1f}]"
+            for r in st.itertuples()
+        )
+        f = st.set_index("strategy").loc["f"] if "f" in set(st["strategy"]) else None
+        off = (
+            f"; the default's rates are {f.err_log2_eta_a:+.2f} and {f.err_log2_eta_b:+.2f} "
+            "octaves off the target's optimum in η_A and η_B"
+            if f is not None
+            else ""
+        )
         parts.append(
-            f"{task} ({t['proxies']} → {int(t['target'])}, {int(t['seeds'])} seeds): {body}"
+            f"{task} ({t['proxies']} → {int(t['target'])}, {int(t['seeds'])} seeds): {regrets}{off}"
         )
     return (
-        "Measured loss regret at the target (95% percentile intervals over "
-        f"{int(df['replicates'].dropna().iloc[0])} bootstrap replicates of the seeds, every "
-        "optimum and rule found again in each) and the error of the rates against the target's "
-        "own optimum — " + " | ".join(parts) + "."
+        "Measured loss regret at the target, 95% percentile intervals over "
+        f"{int(df['replicates'].dropna().iloc[0])} bootstrap replicates of the seeds (every "
+        "optimum, rule and strategy found again in each) — " + " | ".join(parts) + "."
     )
 
 

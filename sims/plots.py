@@ -383,7 +383,7 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
         for p, r, frac in zip(pos, reg, st["diverged"].to_numpy(float), strict=True):
             if np.isfinite(r):
                 ax.text(p, max(r, 0) + 0.02, f"{r:.1f}%", ha="center", va="bottom", fontsize=6)
-            if 0 < frac < 1:
+            if 0 < frac < 1 and np.isfinite(r):
                 ax.text(p, top, f"{100 * frac:.0f}% of\nresamples\ndiverge", ha="center",
                         va="top", fontsize=5, color="#d62728")  # fmt: skip
         ax.axhline(100 * goal, color="0.3", ls="--", lw=0.8)

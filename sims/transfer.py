@@ -487,6 +487,34 @@ def ladder_summaries(
     return pd.DataFrame(rows), draws
 
 
+def ladder_validation(
+    df: pd.DataFrame,
+    *,
+    target_width: float | None = None,
+    proxies: Sequence[float] | None = None,
+    ratio: float = PRACTICE_RATIO,
+    n_boot: int = 200,
+    seed: int = 0,
+    task: str = "real-model ladder",
+) -> pd.DataFrame:
+    """The validation table (:func:`validation_table`) of the real-model ladder: its widest
+    width (or ``target_width``) predicted from the others (or ``proxies``), the target's loss at
+    any rates interpolated between its runs (:func:`interpolating_evaluator`: no new training;
+    rates outside the region the ladder ran come out unknown, NaN)."""
+    from loraplus_lab.sims.realmodels import ladder_analysis as la
+
+    summary, draws = ladder_summaries(df, ratio=ratio, n_boot=n_boot, seed=seed)
+    L = la.landscapes(df)
+    widths = np.asarray(L.widths, dtype=float)
+    nt = float(widths.max() if target_width is None else target_width)
+    if nt not in widths:
+        raise TransferError(f"the ladder has no width {nt:g} (widths {widths.tolist()})")
+    i = int(np.flatnonzero(widths == nt)[0])
+    ok = np.isfinite(L.u[i])  # the runs that train A (not the B-only line)
+    evaluate = interpolating_evaluator(L.u[i][ok], L.v[i][ok], L.loss[i][:, ok])
+    return validation_table(summary, draws, nt, evaluate, proxies=proxies, ratio=ratio, task=task)
+
+
 def optima_from_ladder(
     df: pd.DataFrame, *, ratio: float = PRACTICE_RATIO, n_boot: int = 200, seed: int = 0
 ) -> ProxyOptima:

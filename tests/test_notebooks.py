@@ -54,6 +54,16 @@ EXPECTED = {
         "fitted: λ*(n) = 2^",
         "penalty (%) of a fixed λ, η_A tuned along it:",
     ],
+    "06_transfer.ipynb": [
+        "FAST=True",
+        "rule (blend): η_A = ",
+        "distinct rate pairs run at n = ",
+        "goal (LoRA+ transfer ≤ 5% and below (a), (c)): (f)",
+        "linear, GD: proxies n = ",
+        "tuned at n = ∞, per seed set:",
+        "at n = 4096 (95% intervals):",
+        "exit status 0",
+    ],
 }
 
 
@@ -85,6 +95,11 @@ def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
         assert m and m.group(1) == m.group(2), m and m.group(0)
         assert text.count("efficient cells: [('-1', '0')]") == 6
         assert "identity: False" not in text and "closed form = 0: False" not in text
+    elif name.startswith("06"):
+        # the theory's rule is printed with its exponents, the limit's optimum is approached
+        assert "rule (theory): η_A = " in text and "n^-1.000, η_B = " in text
+        m = re.search(r"distance: ∝ n\^([+-]\d+\.\d+)", text)
+        assert m and float(m.group(1)) < 0, m and m.group(0)
     else:
         # the optimal η_A falls with the width (predicted slope −1; the fast grid is coarse)
         m = re.search(r"slope of log2 η_A\* vs log2 n: ([+-]\d+\.\d+)", text)

@@ -270,14 +270,25 @@ def test_per_width_tables_and_their_long_form() -> None:
         tr.optima_from_table(wide.drop(columns=["se_log2_eta_a"]))
 
 
-def test_ladder_rows_go_through_the_ladder_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ladder's rows are read by its own analysis (``landscapes``, then ``width_summary``
-    for the seed weights of every resample); here a stand-in records what it is asked."""
-    seen = []
+def _fake_ladder_analysis(monkeypatch: pytest.MonkeyPatch, seen: list) -> None:
+    """A stand-in for ``loraplus_lab.sims.realmodels.ladder_analysis`` (the lead's module): three
+    widths, four seeds, a log2 grid per width with a B-only run (``u = −inf``), every seed's loss
+    an exact bowl at ``(3 − log2 n, −2)``; ``width_summary`` reports the optimum, shifted by the
+    seed weights, and records what it is asked."""
+    uu, vv = np.meshgrid(np.arange(-12.0, 0.01), np.arange(-6.0, 2.01), indexing="ij")
+    u = np.r_[uu.ravel(), -np.inf]
+    v = np.r_[vv.ravel(), -2.0]
 
     class L:
         widths = np.array([32, 64, 128])
         seeds = np.array([0, 1, 2, 3])
+
+    L.u = [u] * 3
+    L.v = [v] * 3
+    L.loss = [
+        np.tile(np.r_[bowl(3 - math.log2(n), -2.0, uu[:, 0], vv[0]).ravel(), 1.0], (4, 1))
+        for n in L.widths
+    ]
 
     def width_summary(landscapes, i, w, ratio):
         seen.append((i, tuple(w), ratio))
@@ -286,9 +297,9 @@ def test_ladder_rows_go_through_the_ladder_analysis(monkeypatch: pytest.MonkeyPa
         return {
             "log2_eta_a": 3.0 - math.log2(n) + shift,
             "log2_eta_b": -2.0,
-            "equal_log2_eta_a": -5.0,
-            "ratio_log2_eta_a": -6.0,
-            "best_loss": 1.0,
+            "equal_log2_eta_a": -3.0,
+            "ratio_log2_eta_a": -5.0,
+            "best_loss": 0.05,
             "at_edge": False,
         }
 
@@ -299,15 +310,41 @@ def test_ladder_rows_go_through_the_ladder_analysis(monkeypatch: pytest.MonkeyPa
     import loraplus_lab.sims.realmodels as rm
 
     monkeypatch.setattr(rm, "ladder_analysis", fake, raising=False)
+
+
+def _ladder_rows() -> pd.DataFrame:
     cols = ["part", "width", "seed", "eta_a", "eta_b", "step", "final_loss", "val_loss"]
     rows = pd.DataFrame([["finetune", 32, 0, 1e-3, 1e-2, 10, 1.0, 1.0]], columns=cols)
-    rows["diverged"] = False
+    return rows.assign(diverged=False)
+
+
+def test_ladder_rows_go_through_the_ladder_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ladder's rows are read by its own analysis (``landscapes``, then ``width_summary``
+    for the seed weights of every resample)."""
+    seen: list = []
+    _fake_ladder_analysis(monkeypatch, seen)
+    rows = _ladder_rows()
     assert tr.results_kind(rows) == "ladder"
     o = tr.optima_from_results(rows, n_boot=20)
     assert o.seeds == 4 and o.n_boot == 20
     assert np.allclose(o.u, 3.0 - np.log2([32, 64, 128]))
     assert len(seen) == 3 * 21 and {r for _, _, r in seen} == {16.0}
     assert all(sum(w) == 4 for _, w, _ in seen)
+
+
+def test_ladder_validation_interpolates_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ladder's validation row: its widest width predicted from the two below, the target's
+    loss interpolated between its runs (exact at its grid points); the theory's rule lands on the
+    target's optimum (regret 0), the equal rate carried over pays what the bowl says."""
+    _fake_ladder_analysis(monkeypatch, [])
+    table = tr.ladder_validation(_ladder_rows(), n_boot=20).set_index("strategy")
+    assert table.loc["d", "regret"] == pytest.approx(0.0, abs=1e-9)
+    # (a) runs η = 2^-3 against the optimum (2^-4, 2^-2): log L rises by H00 − 2·H01 + H11
+    assert table.loc["a", "regret"] == pytest.approx(math.expm1(0.30 - 0.16 + 0.20), rel=1e-9)
+    assert table.loc["d", "target"] == 128
+    assert table.loc["d", "proxies"] == "32,64" and table.loc["d", "task"] == "real-model ladder"
+    with pytest.raises(tr.TransferError, match="no width 100"):
+        tr.ladder_validation(_ladder_rows(), target_width=100, n_boot=10)
 
 
 @pytest.mark.parametrize(
