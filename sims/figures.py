@@ -24,6 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loraplus_lab.sims import landscape, measure
+from loraplus_lab.sims.checks import InputError
+from loraplus_lab.sims.files import atomic_write
 from loraplus_lab.sims.params import Parametrization, preset
 
 # ----------------------------------------------------------------------------- experiments
@@ -42,6 +44,20 @@ LINEAR_STEPS = 8
 #: equal-rate gap widens. (Under Adam the equal-rate line η ∝ n^-1/2 still learns; see
 #: linear_loss_gap.)
 LINEAR_GD_TASK = {**LINEAR_TASK, "outputs": 8}
+
+
+def linear_setup(fast: bool, optimizer: str) -> tuple[list[int], range, dict]:
+    """Widths, seeds and task options of the linear teacher–student experiments under
+    ``optimizer`` (``"adam"``: ``LINEAR_TASK``, widths 2^6 to 2^12, 8 seeds; ``"gd"``:
+    ``LINEAR_GD_TASK``, widths 2^7 to 2^13, 16 seeds, because the equal-rate gap is noisy per
+    seed); ``fast`` shrinks both to widths 2^6 to 2^10 and two seeds."""
+    if optimizer == "adam":
+        widths = [64, 256, 1024] if fast else [64, 256, 1024, 4096]
+        return widths, range(2 if fast else 8), LINEAR_TASK
+    if optimizer == "gd":
+        widths = [64, 256, 1024] if fast else [128, 512, 2048, 8192]
+        return widths, range(2 if fast else 16), LINEAR_GD_TASK
+    raise ValueError(f"optimizer must be adam or gd, got {optimizer!r}")
 
 
 def _grid_params(lo: int, hi: int, step: float = 1.0, **kwargs) -> list[Parametrization]:
@@ -102,16 +118,18 @@ def linear_params(fast: bool) -> list[Parametrization]:
 
 
 def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
-    """The linear task under Adam (2 seeds in fast mode, else 8): rows of the last step."""
+    """The linear task under Adam (:func:`linear_setup`'s seeds and task): rows of the last
+    step."""
     from loraplus_lab.sims.toy import simulate_batch
 
+    _, seeds, task = linear_setup(fast, "adam")
     df = simulate_batch(
         widths,
         params,
-        range(2 if fast else 8),
+        seeds,
         steps=LINEAR_STEPS,
         problem="general",
-        problem_options=LINEAR_TASK,
+        problem_options=task,
         optimizer="adam",
     )
     return df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
@@ -119,8 +137,7 @@ def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> 
 
 def collect_linear_landscape(fast: bool) -> pd.DataFrame:
     """Test loss after T steps over a 16 × 16 log2 grid of (η_A, η_B), linear task, Adam."""
-    widths = [64, 256, 1024] if fast else [64, 256, 1024, 4096]
-    return run_linear(widths, linear_params(fast), fast)
+    return run_linear(linear_setup(fast, "adam")[0], linear_params(fast), fast)
 
 
 def linear_gd_params(fast: bool) -> list[Parametrization]:
@@ -130,18 +147,18 @@ def linear_gd_params(fast: bool) -> list[Parametrization]:
 
 
 def run_linear_gd(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
-    """The linear task with m = 8 outputs under gradient descent (2 seeds in fast mode, else
-    16: the equal-rate gap is noisy per seed, 16 seeds pin its trend down): rows of the last
-    step."""
+    """The linear task with m = 8 outputs under gradient descent (:func:`linear_setup`'s seeds
+    and task): rows of the last step."""
     from loraplus_lab.sims.toy import simulate_batch
 
+    _, seeds, task = linear_setup(fast, "gd")
     df = simulate_batch(
         widths,
         params,
-        range(2 if fast else 16),
+        seeds,
         steps=LINEAR_STEPS,
         problem="general",
-        problem_options=LINEAR_GD_TASK,
+        problem_options=task,
         optimizer="gd",
         chunk=256,  # ≈ 1 GB per batch at n = 2^13
     )
@@ -151,8 +168,145 @@ def run_linear_gd(widths: list[int], params: list[Parametrization], fast: bool) 
 def collect_linear_landscape_gd(fast: bool) -> pd.DataFrame:
     """Test loss after T steps over a half-octave 33 × 33 log2 grid of (η_A, η_B), linear task
     with m = 8 outputs, gradient descent, widths 2^7 to 2^13, 16 seeds."""
-    widths = [64, 256, 1024] if fast else [128, 512, 2048, 8192]
-    return run_linear_gd(widths, linear_gd_params(fast), fast)
+    return run_linear_gd(linear_setup(fast, "gd")[0], linear_gd_params(fast), fast)
+
+
+#: Rate rules compared along one base rate η̃ (notebook 03), with n0 the smallest width:
+#: LoRA+ (η_A = η̃·n0/n, η_B = λ0·η̃), and equal rates held fixed (η_A = η_B = η̃) or scaled like
+#: n^-1/2 (η_A = η_B = η̃·(n0/n)^1/2), the presets of the same names.
+CURVE_RULES = ("loraplus", "lora-fixed", "lora-sqrt")
+#: The base rates of the curves, log2 η̃ from, to (a quarter octave apart; half in fast mode).
+CURVE_ETAS = {"adam": (-12.0, 0.0), "gd": (-10.0, 2.0)}
+#: The base ratios λ0 = η_B/η_A at n0 among which LoRA+'s is tuned, log2 λ0 from, to, step.
+CURVE_RATIOS = (-2.0, 6.0, 0.5)
+
+
+def _curve_rows(
+    widths: list[int], params: list[Parametrization], seeds: range, optimizer: str
+) -> pd.DataFrame:
+    from loraplus_lab.sims.toy import simulate_batch
+
+    task = linear_setup(False, optimizer)[2]
+    df = simulate_batch(
+        widths,
+        params,
+        seeds,
+        steps=LINEAR_STEPS,
+        problem="general",
+        problem_options=task,
+        optimizer=optimizer,
+        chunk=512,
+    )
+    df = df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+    df["rule"] = df["param"].str.split("|").str[0]
+    df["log2_eta"] = np.log2(df["eta_a_base"].to_numpy(float))
+    return df
+
+
+def tune_base_ratio(fast: bool, optimizer: str = "adam") -> pd.DataFrame:
+    """LoRA+'s base ratio λ0, tuned at the smallest width n0 only: the loss along η̃ (η_A = η̃,
+    η_B = λ0·η̃ at n0) for each λ0 of ``CURVE_RATIOS`` (fast: 1, 4, 16). One rule per λ0, named
+    ``"λ0=2^k"``; :func:`best_base_ratio` picks the best."""
+    widths, seeds, _ = linear_setup(fast, optimizer)
+    lo, hi = CURVE_ETAS[optimizer]
+    etas = 2.0 ** np.arange(lo, hi + 1e-9, 0.5 if fast else 0.25)
+    lo_k, hi_k, step_k = (0.0, 4.0, 2.0) if fast else CURVE_RATIOS
+    ks = np.arange(lo_k, hi_k + 1e-9, step_k)
+    params = [
+        preset("loraplus", eta=e, eta_b=2.0**k * e, n0=widths[0]).with_(name=f"λ0=2^{k:g}|{i}")
+        for k in ks
+        for i, e in enumerate(etas)
+    ]
+    df = _curve_rows(widths[:1], params, seeds, optimizer)
+    df["log2_ratio0"] = np.log2(df["ratio"].to_numpy(float))
+    return df
+
+
+def best_base_ratio(tuning: pd.DataFrame) -> float:
+    """The λ0 of :func:`tune_base_ratio`'s rows whose best seed-mean loss (over η̃) is lowest."""
+    curves = landscape.rate_curves(tuning)
+    best = [c.best()[1] for c in curves]
+    if not np.isfinite(best).any():
+        raise ValueError("every base ratio diverged at every rate")
+    c = curves[int(np.nanargmin(best))]
+    return float(tuning.loc[tuning["rule"] == c.rule, "ratio"].iloc[0])
+
+
+def collect_rate_curves(
+    fast: bool, optimizer: str = "adam", ratio0: float | None = None
+) -> pd.DataFrame:
+    """Test loss of the linear task after T steps along one base rate η̃ (a quarter octave
+    apart), at every width of :func:`linear_setup`, under each rule of ``CURVE_RULES``.
+
+    LoRA+'s base ratio ``ratio0`` (λ at the smallest width n0) is tuned there by
+    :func:`tune_base_ratio` when not given, and then scaled like n: the μTransfer protocol (tune
+    at a small width, transfer). Columns: the simulator's, ``rule``, ``log2_eta`` (log2 η̃,
+    which is η_A at n0) and ``ratio0``.
+    """
+    widths, seeds, _ = linear_setup(fast, optimizer)
+    if ratio0 is None:
+        ratio0 = best_base_ratio(tune_base_ratio(fast, optimizer))
+    lo, hi = CURVE_ETAS[optimizer]
+    etas = 2.0 ** np.arange(lo, hi + 1e-9, 0.5 if fast else 0.25)
+    params = [
+        preset(rule, eta=e, eta_b=(ratio0 if rule == "loraplus" else 1.0) * e, n0=widths[0])
+        for rule in CURVE_RULES
+        for e in etas
+    ]
+    params = [p.with_(name=f"{p.name}|{i % len(etas)}") for i, p in enumerate(params)]
+    df = _curve_rows(widths, params, seeds, optimizer)
+    df["ratio0"] = ratio0
+    return df
+
+
+def refine_linear_landscape(
+    coarse: pd.DataFrame,
+    optimizer: str,
+    *,
+    half_width: float = 1.5,
+    step: float = 0.25,
+    rounds: int = 3,
+) -> pd.DataFrame:
+    """The optimum of a coarse linear landscape refined locally, at each width: a product grid
+    ``step`` octaves apart (default a quarter, like the equal-rate line) over ``±half_width``
+    octaves of ``(log2 η_A, log2 η_B)`` around the coarse optimum of the seed-mean test loss,
+    with the coarse landscape's seeds. Where the window's best cell (its seed-mean minimum,
+    unsmoothed: ``find_optimum(..., smooth=0)``) lies on its edge, the window moves there and
+    runs again (at most ``rounds`` windows in all). Returns the rows of the last window at each
+    width (``param`` ``"fine<i>_<j>"``), without the coarse rows.
+    """
+    from loraplus_lab.sims.toy import simulate_batch
+
+    task = linear_setup(False, optimizer)[2]
+    seeds = sorted(int(s) for s in coarse["seed"].unique())
+    offsets = np.arange(-half_width, half_width + 1e-9, step)
+    frames = []
+    for s in landscape.surfaces(coarse, loss="test_loss"):
+        o = landscape.find_optimum(s.u, s.v, s.mean())
+        cu, cv = step * round(o.u / step), step * round(o.v / step)
+        for _ in range(rounds):
+            params = [
+                Parametrization(f"fine{i}_{j}", 2.0 ** (cu + a), 2.0 ** (cv + b), 0, 0)
+                for (i, a), (j, b) in itertools.product(enumerate(offsets), enumerate(offsets))
+            ]
+            df = simulate_batch(
+                [s.width],
+                params,
+                seeds,
+                steps=LINEAR_STEPS,
+                problem="general",
+                problem_options=task,
+                optimizer=optimizer,
+                chunk=512,
+            )
+            df = df[df["step"] == LINEAR_STEPS]
+            (w,) = landscape.surfaces(df, loss="test_loss")
+            o = landscape.find_optimum(w.u, w.v, w.mean(), smooth=0)
+            if not o.at_edge:
+                break
+            cu, cv = step * round(o.u / step), step * round(o.v / step)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 def collect_init_stability(fast: bool) -> pd.DataFrame:
@@ -1225,7 +1379,7 @@ def generate(
     names = list(FIGURES) if names is None else names
     for n in names:
         if n not in FIGURES:
-            raise ValueError(f"unknown figure {n!r}; `loraplus-lab figures --list` lists them")
+            raise InputError(f"unknown figure {n!r}; `loraplus-lab figures --list` lists them")
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
     data: dict[str, pd.DataFrame] = {}
@@ -1238,17 +1392,14 @@ def generate(
             df = EXPERIMENTS[spec.experiment](fast)
             df.attrs = {}
             data[spec.experiment] = df
-            tmp = out / "data" / f".{spec.experiment}.csv.tmp"
-            df.to_csv(tmp, index=False)
-            tmp.replace(out / "data" / f"{spec.experiment}.csv")
+            csv = functools.partial(df.to_csv, index=False)
+            atomic_write(out / "data" / f"{spec.experiment}.csv", csv)
         fig = spec.plot(data[spec.experiment])
         if fast:
             mark_fast(fig)
-        path = out / f"{n}.png"
-        tmp = out / f".{n}.png.tmp"
-        fig.savefig(tmp, dpi=100, format="png")
+        png = functools.partial(fig.savefig, dpi=100, format="png")
+        path = atomic_write(out / f"{n}.png", png)
         plt.close(fig)
-        tmp.replace(path)
         made[n] = path
         note = "  (fast preview, not a result)" if fast else ""
         log(f"{n:<22} {time.perf_counter() - t0:6.1f} s  → {path}{note}")
@@ -1261,7 +1412,7 @@ def generate(
         csv = out / "data" / f"{spec.experiment}.csv"
         if spec.measured is not None and spec.experiment not in data and csv.is_file():
             data[spec.experiment] = pd.read_csv(csv)
-    (out / "README.md").write_text(readme_text(data, fast=fast))
+    atomic_write(out / "README.md", readme_text(data, fast=fast))
     return made
 
 

@@ -12,12 +12,12 @@ it: ``agrees``, ``close`` (a real departure smaller than the tolerance), ``incon
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.params import Parametrization
 
 #: Simulator column → quantity of the exponent calculus (``loraplus_lab.theory.gamma``).
@@ -88,7 +88,7 @@ def log_slopes(
     """
     M = np.abs(np.asarray(values, dtype=float))
     if M.ndim != 3 or M.shape[2] != len(widths):
-        raise ValueError(f"values must have shape (rows, seeds, {len(widths)}), got {M.shape}")
+        raise InputError(f"values must have shape (rows, seeds, {len(widths)}), got {M.shape}")
     R, S, _ = M.shape
     x = np.log2(np.asarray(widths, dtype=float))
     slope = _slope(x, _mean_log2(M, np.ones(S)))
@@ -130,7 +130,7 @@ def log_slope(
     """One statistic: ``values`` is ``(seeds, widths)``; see :func:`log_slopes`."""
     M = np.asarray(values, dtype=float)
     if M.ndim != 2 or M.shape[1] != len(widths):
-        raise ValueError(f"values must have shape (seeds, {len(widths)}), got {M.shape}")
+        raise InputError(f"values must have shape (seeds, {len(widths)}), got {M.shape}")
     s, lo, hi = log_slopes(M[None], widths, n_boot=n_boot, confidence=confidence, seed=seed)
     return float(s[0]), float(lo[0]), float(hi[0])
 
@@ -169,12 +169,12 @@ def fit_slopes(
     by = list(by)
     missing = [c for c in [*by, "width", "seed", "diverged", *quantities] if c not in df.columns]
     if missing:
-        raise ValueError(f"the results have no column {missing[0]!r}")
+        raise InputError(f"the results have no column {missing[0]!r}")
     if df.empty:
-        raise ValueError("the results are empty")
+        raise InputError("the results are empty")
     keys = [*by, "seed", "width"]
     if df.duplicated(keys).any():
-        raise ValueError(f"more than one row per {' × '.join(keys)}")
+        raise InputError(f"more than one row per {' × '.join(keys)}")
     d = df[keys + quantities].copy()
     d.loc[df["diverged"].to_numpy(), quantities] = np.nan
     d["_div"] = df["diverged"].to_numpy()
@@ -320,10 +320,3 @@ def compare(
         for r in out.itertuples()
     ]
     return out
-
-
-def exponent_label(value: Fraction | float) -> str:
-    """Text of an exponent: ``-1/2``, ``0`` or ``zero`` for an exactly-zero quantity."""
-    if isinstance(value, float) and value == -np.inf:
-        return "zero"
-    return str(value)

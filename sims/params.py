@@ -5,7 +5,7 @@ One place defines how a learning rate depends on the width ``n``::
     η_A(n) = η̃_A · (n / n0) ** c_A        η_B(n) = η̃_B · (n / n0) ** c_B
 
 Plain LoRA uses the same exponent for both factors; LoRA+ uses ``c_A = -1, c_B = 0`` so that the
-ratio ``λ = η_B / η_A`` grows like ``n`` (DESIGN.md §1).
+ratio ``λ = η_B / η_A`` grows like ``n`` (``docs/lora.md``).
 """
 
 from __future__ import annotations
@@ -15,19 +15,11 @@ from dataclasses import dataclass, fields, replace
 from fractions import Fraction
 from typing import Any
 
+from loraplus_lab.sims.checks import InputError, choice, positive, positive_int
+
 INITS = ("A", "B")
 ALPHA_RULES = ("lora", "rslora")
 DEFAULT_N0 = 64
-
-
-def _check_rate(name: str, value: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return value
 
 
 def parse_exponent(name: str, value: Any) -> Fraction:
@@ -35,7 +27,7 @@ def parse_exponent(name: str, value: Any) -> Fraction:
     if isinstance(value, Fraction):
         return value
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number such as -1, -0.5 or -1/2, got {value!r}")
+        raise InputError(f"{name} must be a number such as -1, -0.5 or -1/2, got {value!r}")
     try:
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -43,25 +35,21 @@ def parse_exponent(name: str, value: Any) -> Fraction:
             return Fraction(value).limit_denominator(1 << 20)
         return Fraction(str(value).strip())
     except (TypeError, ValueError, ZeroDivisionError):
-        raise ValueError(
+        raise InputError(
             f"{name} must be a number such as -1, -0.5 or -1/2, got {value!r}"
         ) from None
 
 
 def check_init(init: str) -> str:
     """Validate an initialisation name: ``"A"`` (B0 = 0, PEFT's default) or ``"B"`` (A0 = 0)."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    return init
+    return choice("init", init, INITS)
 
 
 def lora_scale(alpha: float, rank: int, rule: str = "lora") -> float:
     """The LoRA multiplier ``s``: ``α/r`` (``rule="lora"``) or ``α/√r`` (``rule="rslora"``)."""
-    if rule not in ALPHA_RULES:
-        raise ValueError(f"alpha rule must be one of {', '.join(ALPHA_RULES)}, got {rule!r}")
-    if int(rank) != rank or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
-    alpha = _check_rate("alpha", alpha)
+    choice("alpha rule", rule, ALPHA_RULES)
+    rank = positive_int("rank", rank)
+    alpha = positive("alpha", alpha)
     return alpha / rank if rule == "lora" else alpha / math.sqrt(rank)
 
 
@@ -92,19 +80,14 @@ class Parametrization:
     alpha_rule: str = "lora"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eta_a", _check_rate("eta_a", self.eta_a))
-        object.__setattr__(self, "eta_b", _check_rate("eta_b", self.eta_b))
+        object.__setattr__(self, "eta_a", positive("eta_a", self.eta_a))
+        object.__setattr__(self, "eta_b", positive("eta_b", self.eta_b))
         object.__setattr__(self, "c_a", parse_exponent("c_a", self.c_a))
         object.__setattr__(self, "c_b", parse_exponent("c_b", self.c_b))
-        if isinstance(self.n0, bool) or int(self.n0) != self.n0 or self.n0 < 1:
-            raise ValueError(f"n0 must be a positive integer, got {self.n0!r}")
-        object.__setattr__(self, "n0", int(self.n0))
+        object.__setattr__(self, "n0", positive_int("n0", self.n0))
         check_init(self.init)
-        object.__setattr__(self, "alpha", _check_rate("alpha", self.alpha))
-        if self.alpha_rule not in ALPHA_RULES:
-            raise ValueError(
-                f"alpha rule must be one of {', '.join(ALPHA_RULES)}, got {self.alpha_rule!r}"
-            )
+        object.__setattr__(self, "alpha", positive("alpha", self.alpha))
+        choice("alpha rule", self.alpha_rule, ALPHA_RULES)
 
     def rate_a(self, n: int) -> float:
         """``η_A(n) = η̃_A · (n/n0)^{c_A}``."""
@@ -166,7 +149,7 @@ def preset(
     ``eta_b`` defaults to ``eta``: LoRA and LoRA+ then share the same base rates at ``n0``.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     c_a, c_b, _ = PRESETS[name]
     return Parametrization(
         name=name,

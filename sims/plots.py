@@ -5,7 +5,7 @@ Collection and plotting meet only in DataFrames: nothing here runs a simulation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +18,14 @@ from matplotlib.patches import Patch, Rectangle
 from loraplus_lab.theory.gamma import REGIME_LABELS, PhaseDiagram
 
 DELTA_NAMES = {"delta1": "δ¹ (A moves)", "delta2": "δ² (B moves)", "delta3": "δ³ (cross)"}
+#: Legend names of the other statistics a coordinate check may draw.
+STAT_NAMES = {
+    **DELTA_NAMES,
+    "za_mean_abs": "|Z_A| = |A x|",
+    "zb_mean_abs": "|Z_B|",
+    "norm_a": "‖A‖",
+    "norm_b": "‖B‖",
+}
 PALETTE = sns.color_palette("colorblind")
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D"]
@@ -28,14 +36,18 @@ def plot_delta_coordcheck(
     *,
     quantities: Sequence[str] = ("delta1", "delta2", "delta3"),
     title: str | None = None,
-    ylabel: str = "mean |δ| over seeds",
+    ylabel: str | None = None,
 ) -> Figure:
     """δ magnitudes against width, one panel per step, as a coordinate check looks.
 
     ``df`` is the tidy output of :func:`loraplus_lab.sims.toy.simulate_batch`. Each line is the
-    mean over seeds of one ``|δ^k|`` (colour) under one parametrization (line style); the band is ±
-    one standard error over seeds. Diverged rows are left out; a quantity that is exactly zero at a
-    step is named in the panel instead of drawn (a log axis has no zero).
+    mean over seeds of one quantity (colour: ``|δ^k|`` or another statistic such as ``|Z_A|``)
+    under one parametrization (line style); the band is ± one standard error over seeds.
+    Diverged rows are left out; a quantity that is exactly zero at a step is named in the panel
+    instead of drawn (a log axis has no zero), and so is one that matches an earlier quantity to
+    0.1% at every width, which a log axis cannot tell apart (it is drawn thinner, on top of the
+    one it matches, which would otherwise vanish under it). The y label defaults to "mean |δ|
+    over seeds" when every quantity is a δ.
     """
     d = df[(df["step"] >= 1) & ~df["diverged"]]
     steps = sorted(d["step"].unique())
@@ -49,14 +61,27 @@ def plot_delta_coordcheck(
         ax.set_visible(False)
     for ax, t in zip(axes.flat, steps, strict=False):
         dt = d[d["step"] == t]
-        zero_notes = []
+        zero_notes: dict[str, list[str]] = {}
+        equal_notes: dict[tuple[str, str], list[str]] = {}
         for qi, q in enumerate(quantities):
             for pi, p in enumerate(params):
                 g = dt[dt["param"] == p].groupby("width")[q]
                 mean, se = g.mean(), g.sem().fillna(0.0)
                 if len(mean) and (mean == 0).all():
-                    zero_notes.append(f"{DELTA_NAMES.get(q, q).split()[0]} ≡ 0 ({p})")
+                    zero_notes.setdefault(q, []).append(p)
                     continue
+                same = next(
+                    (
+                        r
+                        for r in quantities[:qi]
+                        if np.allclose(
+                            dt[dt["param"] == p].groupby("width")[r].mean(), mean, rtol=1e-3, atol=0
+                        )
+                    ),
+                    None,
+                )
+                if same is not None:
+                    equal_notes.setdefault((q, same), []).append(p)
                 mean = mean[mean > 0]
                 if mean.empty:
                     continue
@@ -66,7 +91,8 @@ def plot_delta_coordcheck(
                     mean.values,
                     LINESTYLES[pi % len(LINESTYLES)],
                     marker=MARKERS[pi % len(MARKERS)],
-                    ms=3,
+                    ms=2 if same is not None else 3,
+                    lw=0.8 if same is not None else 1.5,
                     color=PALETTE[qi],
                 )
                 lo = np.clip(mean - se, mean * 0.05, None)
@@ -75,15 +101,19 @@ def plot_delta_coordcheck(
         ax.set_yscale("log", base=2)
         ax.set_title(f"step t = {t}")
         ax.set_xlabel("width n")
-        if zero_notes:
-            ax.text(
-                0.02, 0.02, "\n".join(zero_notes), transform=ax.transAxes, fontsize=7, va="bottom"
-            )
+        notes = [f"{_short(q)} ≡ 0 ({', '.join(ps)})" for q, ps in zero_notes.items()] + [
+            f"{_short(q)} ≈ {_short(r)} ({', '.join(ps)})" for (q, r), ps in equal_notes.items()
+        ]
+        if notes:
+            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom")
         ax.grid(True, which="major", alpha=0.3)
+    if ylabel is None:
+        deltas = all(q in DELTA_NAMES for q in quantities)
+        ylabel = "mean |δ| over seeds" if deltas else "mean over seeds"
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     handles = [
-        plt.Line2D([], [], color=PALETTE[i], label=DELTA_NAMES.get(q, q))
+        plt.Line2D([], [], color=PALETTE[i], label=STAT_NAMES.get(q, q))
         for i, q in enumerate(quantities)
     ] + [
         plt.Line2D(
@@ -104,6 +134,11 @@ def plot_delta_coordcheck(
     return fig
 
 
+def _short(q: str) -> str:
+    """A statistic's short name: ``δ¹`` for ``delta1``, ``|Z_A|`` for ``za_mean_abs``."""
+    return STAT_NAMES.get(q, q).split(" (")[0].split(" = ")[0]
+
+
 REGIME_COLORS = dict(
     zip(
         REGIME_LABELS,
@@ -122,8 +157,9 @@ def plot_phase_diagrams(
 ) -> Figure:
     """Regimes of the exponent calculus over the ``(c_A, c_B)`` plane, one panel per diagram.
 
-    The dashed diagonal is plain LoRA (``c_A = c_B``); the star is LoRA+ (``c_A = −1, c_B = 0``);
-    ``mark`` adds a cross at a user's point.
+    The dashed diagonal is plain LoRA (``c_A = c_B``); the hollow star is LoRA+
+    (``c_A = −1, c_B = 0``), drawn as an outline so that the colour of the cell under it (on a
+    fine grid the single efficient cell) stays visible; ``mark`` adds a cross at a user's point.
     """
     n = len(diagrams)
     ncol = min(n, 3)
@@ -141,7 +177,7 @@ def plot_phase_diagrams(
         )
         lo, hi = max(ca.min(), cb.min()), min(ca.max(), cb.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.plot([-1], [0], marker="*", color="k", ms=12, mec="w")
+        ax.plot([-1], [0], marker="*", ms=16, mfc="none", mec="k", mew=1.2)
         if mark is not None:
             ax.plot([mark[0]], [mark[1]], marker="X", color="#d62728", ms=9, mec="w")
         ax.set_title(title, fontsize=9)
@@ -150,7 +186,7 @@ def plot_phase_diagrams(
     handles = [Patch(color=REGIME_COLORS[k], label=k) for k in REGIME_LABELS]
     handles += [
         plt.Line2D([], [], color="k", ls="--", label="LoRA: c_A = c_B"),
-        plt.Line2D([], [], color="k", marker="*", ls="", ms=10, label="LoRA+: (−1, 0)"),
+        plt.Line2D([], [], marker="*", ls="", ms=11, mfc="none", mec="k", label="LoRA+: (−1, 0)"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     if suptitle:
@@ -464,4 +500,94 @@ def plot_infinite_width(df: pd.DataFrame, *, title: str | None = None) -> Figure
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_rate_curves(
+    curves: pd.DataFrame,
+    optima: pd.DataFrame | None = None,
+    *,
+    rules: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    best_of: Mapping[str, str] | None = None,
+    title: str | None = None,
+    value: str = "loss",
+    xlabel: str = "log2 η̃  (the rates at the smallest width n0)",
+) -> Figure:
+    """Loss against ``log2 η̃``, one curve per width (colour), one panel per rate rule: the
+    picture of learning-rate transfer. Under a rule that scales the rates right with the width,
+    the curves line up (their minima sit at the same ``η̃``) and their minima do not rise.
+
+    ``curves`` is the tidy table of :func:`loraplus_lab.sims.landscape.curve_table` (``rule,
+    width, log2_eta, loss``); a rate where a seed diverged (NaN) is left out, so a curve ends
+    where the runs start to diverge. The y-axis stops at twice the largest loss at the smallest
+    rate (where nothing is learnt yet). With ``optima``
+    (:func:`loraplus_lab.sims.landscape.curve_optima`) each curve's minimum is marked (circles
+    shrinking with the width, so that minima at the same place stay visible) and a last panel
+    shows the best loss against the width, with its bootstrap interval, for the rules of
+    ``best_of`` (rule → legend label; default: every rule, labelled as its panel). ``labels``
+    maps a rule to its panel title.
+    """
+    rules = list(dict.fromkeys(curves["rule"])) if rules is None else list(rules)
+    labels = dict(labels or {})
+    widths = sorted(curves["width"].unique())
+    colors = dict(zip(widths, plt.cm.viridis(np.linspace(0.0, 0.85, len(widths))), strict=True))
+    sizes = dict(zip(widths, np.linspace(11, 4, len(widths)), strict=True))
+    npanel = len(rules) + (optima is not None)
+    fig, axes = plt.subplots(1, npanel, figsize=(3.5 * npanel, 3.4), squeeze=False)
+    axes = axes[0]
+    d = curves[curves["rule"].isin(rules)]
+    first = d[d["log2_eta"] == d.groupby(["rule", "width"])["log2_eta"].transform("min")]
+    top = 2.0 * float(first["loss"].max())
+    bottom = 0.7 * float(d["loss"].min())
+    for ax, rule in zip(axes, rules, strict=False):
+        for w in widths:
+            g = d[(d["rule"] == rule) & (d["width"] == w)].sort_values("log2_eta")
+            ax.plot(g["log2_eta"], g["loss"], "-", color=colors[w], lw=1.3)
+            if optima is not None:
+                o = optima[(optima["rule"] == rule) & (optima["width"] == w)]
+                if len(o) and np.isfinite(o["best_loss"].iloc[0]):
+                    ax.plot(
+                        o["log2_eta"],
+                        o["best_loss"],
+                        "o",
+                        mfc="none",
+                        mec=colors[w],
+                        mew=1.6,
+                        ms=sizes[w],
+                    )
+        ax.set_yscale("log")
+        ax.set_ylim(bottom, top)
+        ax.set_title(labels.get(rule, rule), fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel(value)
+    handles = [plt.Line2D([], [], color=colors[w], lw=1.5, label=f"n = {w}") for w in widths]
+    if optima is not None:
+        ax = axes[-1]
+        best_of = dict(best_of) if best_of else {r: labels.get(r, r) for r in rules}
+        offsets = np.linspace(-0.1, 0.1, len(best_of)) if len(best_of) > 1 else [0.0]
+        for k, ((rule, label), dx) in enumerate(zip(best_of.items(), offsets, strict=True)):
+            g = optima[optima["rule"] == rule].sort_values("width")
+            x = np.log2(g["width"].to_numpy(float)) + dx
+            y = g["best_loss"].to_numpy(float)
+            err = np.vstack([y - g["best_loss_low"].to_numpy(float), g["best_loss_high"] - y])
+            style = MARKERS[k % len(MARKERS)] + LINESTYLES[k % len(LINESTYLES)]
+            ax.errorbar(
+                x, y, yerr=np.clip(err, 0, None), fmt=style, color=PALETTE[k], ms=5, capsize=3
+            )
+            handles.append(
+                plt.Line2D([], [], color=PALETTE[k], marker=style[0], ls=style[1:], label=label)
+            )
+        ax.set_xlabel("log2 width n", fontsize=8)
+        ax.set_title("best loss (95% bootstrap over seeds)", fontsize=9)
+        ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    nrows = int(np.ceil(len(handles) / 4))
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * nrows, 1, 1))
     return fig

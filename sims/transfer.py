@@ -91,6 +91,7 @@ import pandas as pd
 from scipy import stats
 
 from loraplus_lab.sims import landscape
+from loraplus_lab.sims.checks import InputError
 
 #: LoRA+'s exponents of the optimal rates against the width: η_A* ∝ n^-1, η_B* ∝ n^0.
 THEORY_EXPONENTS = (-1.0, 0.0)
@@ -111,8 +112,9 @@ SUMMARY_COLUMNS = (
 )
 
 
-class TransferError(ValueError):
-    """Input the predictor cannot use (one width, a bad target width, results of another kind)."""
+class TransferError(InputError):
+    """Input the predictor cannot use (one width, a bad target width, results of another kind):
+    one line, exit status 2 at the command line."""
 
 
 # ----------------------------------------------------------------------------- proxy optima

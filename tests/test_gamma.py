@@ -1,10 +1,11 @@
 """Tests of loraplus_lab.theory.gamma: the exponent calculus of the rank-1 single-sample LoRA toy.
 
-Expected exponents below are derived by hand from the update rules (gradient descent, sign-GD and
-Adam on the rank-1 toy ``f = W*x + s·b·aᵀx``), written out in the comments; the companion-paper
-thresholds are checked exactly and against pointwise classification; the phase diagrams and the
-thresholds along other lines against regions solved by hand; and the predicted exponents against
-slopes measured on the exact reduced dynamics of the toy at widths 2^16 … 2^40.
+Expected exponents below are derived by hand from the update rules (``docs/exponents.md``;
+gradient descent, sign-GD and Adam on the rank-1 toy ``f = W*x + s·b·aᵀx``), written out in the
+comments; the companion-paper thresholds are checked exactly and against pointwise
+classification; the phase diagrams and the thresholds along other lines against regions solved by
+hand; and the predicted exponents against slopes measured on the exact reduced dynamics of the toy
+at widths 2^16 … 2^40.
 """
 
 from __future__ import annotations

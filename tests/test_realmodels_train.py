@@ -27,7 +27,8 @@ pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
 
 from loraplus_lab.sims.realmodels import data, models, train  # noqa: E402
-from loraplus_lab.sims.realmodels.finetune import expand_grid, finetune, grid_point_name  # noqa: E402
+from loraplus_lab.sims.realmodels.finetune import finetune  # noqa: E402
+from loraplus_lab.sims.realmodels.grid import expand_grid, finetune_grid, grid_point_name  # noqa: E402
 from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer, optimizer_audit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -491,8 +492,8 @@ def test_finetune_grid_runs_on_the_sweep_engine(assets, tmp_path):
     assert expand_grid(grid) == [(1e-3, 1e-3), (1e-3, 4e-3)]
     out = tmp_path / "grid"
     seen = []
-    kw = dict(steps=2, batch_size=8, grid=grid, use_trainer=False, progress=False)
-    result = finetune(assets["gpt2"], assets["csv"], out=out, on_point=seen.append, **kw)
+    kw = dict(steps=2, batch_size=8, use_trainer=False, progress=False)
+    result = finetune_grid(assets["gpt2"], assets["csv"], grid, out=out, on_point=seen.append, **kw)
     names = [grid_point_name(a, b) for a, b in expand_grid(grid)]
     assert [p["point"] for p in result["grid"]] == names == [s["point"] for s in seen]
     table = pd.read_csv(out / "grid.csv")
@@ -505,18 +506,48 @@ def test_finetune_grid_runs_on_the_sweep_engine(assets, tmp_path):
     df = load(out)
     assert df.attrs["complete"] and set(df["point"]) == set(names)
     # rerunning the same grid into the same folder trains nothing again
-    again = finetune(assets["gpt2"], assets["csv"], out=out, **kw)
+    again = finetune_grid(assets["gpt2"], assets["csv"], grid, out=out, **kw)
     assert [p["train_seconds"] for p in again["grid"]] == [
         p["train_seconds"] for p in result["grid"]
     ]
     assert store.meta()["runs"][-1]["jobs_run"] == 0
     # the same grid on two local worker processes gives the same losses
-    local = finetune(
-        assets["gpt2"], assets["csv"], out=tmp_path / "local", executor="local", workers=2, **kw
-    )
+    local = finetune_grid(
+        assets["gpt2"], assets["csv"], grid, out=tmp_path / "local", executor="local", workers=2,
+        **kw,
+    )  # fmt: skip
     assert [p["final_loss"] for p in local["grid"]] == [p["final_loss"] for p in result["grid"]]
     with pytest.raises(ValueError):
         expand_grid({"eta_a": [1e-3], "eta_b": [0.0]})
+
+
+def test_sweep_resume_finishes_a_finetune_grid(assets, tmp_path, capsys):
+    """`loraplus-lab sweep --resume --out STORE` on a finetune grid's store (it once failed with
+    "invalid TOML": the grid's JSON went into spec.toml): the store keeps the grid as grid.json,
+    and --resume trains exactly the missing point, to the same losses."""
+    from loraplus_lab.sims.cli import main
+    from loraplus_lab.sims.sweep import Store, load
+
+    grid = {"eta_a": [1e-3], "eta_b": [1e-3, 4e-3, 1.6e-2]}
+    out = tmp_path / "grid"
+    kw = dict(steps=2, batch_size=8, use_trainer=False, progress=False)
+    finetune_grid(assets["gpt2"], assets["csv"], grid, out=out, **kw)
+    assert (out / "grid.json").is_file() and not (out / "spec.toml").exists()
+    reference = load(out)
+    store = Store.open(out)
+    victim = sorted(store.done_keys())[1]
+    (store.jobs_dir / f"{victim}.parquet").unlink()  # as if the run had died before it
+    assert not load(out).attrs["complete"]
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "(finetune-grid)" in shown and "2/3 jobs done" in shown
+    assert main(["sweep", "--resume", "--out", str(out), "--executor", "serial", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["jobs_run"], record["jobs_skipped"]) == (1, 2)
+    resumed = load(out)
+    assert resumed.attrs["complete"]
+    cols = ["point", "eta_a", "eta_b", "step", "loss"]
+    pd.testing.assert_frame_equal(resumed[cols], reference[cols], check_exact=True)
 
 
 def _bad_csv(tmp_path: Path, name: str, content: str) -> Path:
@@ -571,8 +602,8 @@ def test_finetune_grid_bad_input_writes_nothing(assets, tmp_path):
         ([(1e-3, 1e-2)], {"r": 0}),
     ):
         with pytest.raises(ValueError) as err:
-            finetune(
-                assets["roberta"], assets["csv"], out=out, steps=1, grid=grid, progress=False, **kw
+            finetune_grid(
+                assets["roberta"], assets["csv"], grid, out=out, steps=1, progress=False, **kw
             )
         _one_line(err)
         assert not out.exists() and list(tmp_path.iterdir()) == []

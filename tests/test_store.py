@@ -61,7 +61,8 @@ def _store(tmp_path: Path) -> Store:
 
 # A writer that dies (SIGKILL, no clean-up possible) after half of the first Parquet file it
 # writes has reached the disk: every file opened for writing through Python's file objects
-# (open, io.open, os.fdopen, Path.write_bytes) is wrapped; whatever name the store writes to.
+# (open, io.open, os.fdopen, Path.write_bytes) is wrapped, and so is os.write on a raw file
+# descriptor; whatever name the store writes to.
 CRASHING_WRITER = r"""
 import builtins, io, os, signal, sys
 
@@ -100,7 +101,20 @@ def crashing_open(file, mode="r", *args, **kwargs):
     return CrashMidWrite(f) if any(c in mode for c in "wax+") else f
 
 
+real_write = os.write
+
+
+def crashing_write(fd, data):  # writes through raw file descriptors
+    data = bytes(data)
+    if data[:4] == b"PAR1":
+        real_write(fd, data[: len(data) // 2])
+        os.fsync(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(fd, data)
+
+
 io.open = builtins.open = crashing_open
+os.write = crashing_write
 df = pd.read_pickle(sys.argv[2])
 Store(sys.argv[1]).write_job("victim", df)
 print("the write finished: no crash was injected")

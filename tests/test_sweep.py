@@ -188,6 +188,20 @@ def _sweep_cmd(spec: Path, out: Path) -> list[str]:
     ]
 
 
+def _start_sweep(spec: Path, out: Path) -> subprocess.Popen:
+    """The sweep of ``spec`` on two workers in its own process group (to signal it as a
+    terminal would), stderr captured."""
+    return subprocess.Popen(
+        _sweep_cmd(spec, out),
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     """Kill the whole sweep (driver and workers) five times at random moments (jobs long enough that
     the kernels' compile cache cannot let it finish first); the store stays
@@ -203,14 +217,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     kills = 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for _ in range(30):
-        proc = subprocess.Popen(
-            _sweep_cmd(spec_path, out),
-            start_new_session=True,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        proc = _start_sweep(spec_path, out)
         time.sleep(rng.uniform(0.5, 4.0))
         if proc.poll() is not None:  # finished before the kill
             break
@@ -244,6 +251,38 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     last = Store(out).meta()["runs"][-1]  # killed runs leave no record; the resume does
     assert last["jobs_skipped"] == len(done_before)
     assert last["jobs_run"] == len(expected_keys - done_before)
+
+
+def test_ctrl_c_stops_at_once_and_records_what_finished(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) during a sweep on
+    two local workers: the driver exits with 130 within seconds (the jobs left would take
+    minutes), no job file appears after it has gone, and the run's record counts exactly the
+    files it wrote and says it was interrupted."""
+    text = TINY.replace("widths = [64, 128, 256]", "widths = [4096, 8192, 16384]")
+    text = text.replace("steps = 3", "steps = 3000").replace("chunk = 2", "chunk = 1")
+    spec_path = _spec(tmp_path, text)
+    out = tmp_path / "out"
+    proc = _start_sweep(spec_path, out)
+    deadline = time.monotonic() + 300
+    while not (out / "jobs").is_dir() or not Store(out).done_keys():
+        assert proc.poll() is None and time.monotonic() < deadline, "no job finished"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(timeout=60)
+    seconds = time.monotonic() - t0
+    err = proc.stderr.read()
+    written = Store(out).done_keys()
+    time.sleep(2.0)
+    assert Store(out).done_keys() == written, "a job was written after the driver exited"
+    assert proc.returncode == 130, err
+    assert seconds < 5, f"the driver took {seconds:.1f} s to stop"
+    assert len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err and "--resume" in err
+    (record,) = Store(out).meta()["runs"]
+    assert record["interrupted"] is True
+    assert record["jobs_run"] == len(written) < record["jobs_total"] == 15
+    assert not load(out).attrs["complete"]
 
 
 def test_example_specs_parse_and_small_runs(tmp_path: Path) -> None:
@@ -294,3 +333,147 @@ def test_malformed_spec_exit_2_nothing_written(
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert str(spec.name) in err and key in err, err
     assert not out.exists()
+
+
+def test_a_malformed_spec_is_refused_before_pandas_or_torch(tmp_path: Path) -> None:
+    """The one-line error of a bad spec comes before pandas and torch are imported (checking
+    it once took 10-12 s of importing torch); `--resume` of a bad store likewise names it."""
+    bad = _spec(tmp_path, TINY.replace("[64, 128, 256]", "[64, -128]"), "bad.toml")
+    out = tmp_path / "out"
+    code = (
+        "import sys; from loraplus_lab.sims.cli import main; "
+        f"rc = main(['sweep', {str(bad)!r}, '--out', {str(out)!r}]); "
+        "heavy = sorted({'torch', 'pandas'} & set(sys.modules)); "
+        "assert not heavy, heavy; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"loraplus-lab: error: {bad}: widths[1]: must be a positive integer, got -128"
+    )
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- job kinds
+class _CountSpec:
+    """The spec of a minimal job kind: ``count`` jobs, each returning one row."""
+
+    def __init__(self, count: int, interrupt_at: int | None = None) -> None:
+        self.name, self.count, self.interrupt_at = "counting", count, interrupt_at
+        self.source = f"{count}\n"
+
+    def to_dict(self) -> dict:
+        return {"kind": "test-counting", "name": self.name, "count": self.count}
+
+
+class _CountJob:
+    """Job ``i`` of a counting sweep; with ``interrupt`` it plays Ctrl-C, after another worker
+    has written the file of job ``i + 1`` without reporting it."""
+
+    def __init__(
+        self, i: int, store: Path, interrupt: bool, resources: dict | None, ray: bool = False
+    ) -> None:
+        self.key = f"{i:020x}"
+        self.i, self.store, self.interrupt, self.ray = i, store, interrupt, ray
+        if resources is not None:
+            self.resources = resources
+
+    def run(self) -> pd.DataFrame:
+        if self.interrupt:
+            late = _CountJob(self.i + 1, self.store, False, None)
+            Store(self.store).write_job(late.key, late.run())
+            raise KeyboardInterrupt
+        row = {"i": self.i, "diverged": self.i == 1}
+        if self.ray:  # what Ray gave this task
+            import ray
+
+            row["cpus"] = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
+        return pd.DataFrame([row])
+
+
+class _CountKind:
+    name = "test-counting"
+    spec_file = "count.txt"
+    interrupt_at: int | None = None
+    resources: dict | None = None
+    ray = False
+
+    def load_spec(self, text: str, path: str) -> _CountSpec:
+        return _CountSpec(int(text))
+
+    def jobs(self, spec: _CountSpec, store_path: Path) -> list[_CountJob]:
+        return [
+            _CountJob(i, Path(store_path), i == self.interrupt_at, self.resources, self.ray)
+            for i in range(spec.count)
+        ]
+
+
+def test_any_registered_kind_runs_resumes_and_records_an_interruption(tmp_path: Path) -> None:
+    """The engine runs a kind it knows only through the protocol: the store keeps its spec text
+    under the kind's file name, an interrupted run records every job whose file exists (one a
+    worker wrote without reporting it included), and a resume through store.jobs() runs exactly
+    the missing ones."""
+    from loraplus_lab.sims.sweep import kinds
+
+    kind = _CountKind()
+    kinds.register(kind)
+    store = Store.open_or_create(tmp_path / "s", _CountSpec(5))
+    assert (tmp_path / "s" / "count.txt").read_text() == "5\n"
+    assert json.loads((tmp_path / "s" / "spec.json").read_text())["kind"] == "test-counting"
+    kind.interrupt_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        run(store, store.jobs(), executor="serial", progress=False)
+    record = store.meta()["runs"][-1]
+    assert record["interrupted"] is True
+    assert (record["jobs_run"], record["diverged_runs"]) == (3, 1)  # jobs 0, 1 and 3
+    assert load(tmp_path / "s").attrs["jobs_done"] == 3
+    kind.interrupt_at = None
+    again = run(Store.open(tmp_path / "s"), Store.open(tmp_path / "s").jobs(), executor="serial")
+    assert (again.jobs_run, again.jobs_skipped) == (2, 3) and not again.interrupted
+    df = load(tmp_path / "s")
+    assert df.attrs["complete"] and sorted(df["i"]) == [0, 1, 2, 3, 4]
+    with pytest.raises(StoreError, match="holds a different sweep"):
+        Store.open_or_create(tmp_path / "s", _CountSpec(6))
+    with pytest.raises(ValueError, match="unknown job kind 'no-such-kind'"):
+        kinds.get("no-such-kind")
+
+
+def test_ray_gives_each_job_the_resources_it_asks_for(tmp_path: Path) -> None:
+    """Executors pass a job's ``resources`` to Ray: a job asking for half a CPU gets half a
+    CPU; one that asks for nothing gets the default, one CPU."""
+    ray = pytest.importorskip("ray")
+    from loraplus_lab.sims.sweep import kinds
+
+    # Ray's workers cannot import this test module: send its job class by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    kind = _CountKind()
+    kind.ray = True
+    kinds.register(kind)
+    got = {}
+    ray.init(num_cpus=2, log_to_driver=False)  # one cluster for both runs (run() joins it)
+    try:
+        for resources, expected in (({"num_cpus": 0.5}, 0.5), (None, 1.0)):
+            kind.resources = resources
+            out = tmp_path / str(expected)
+            store = Store.open_or_create(out, _CountSpec(2))
+            run(store, store.jobs(), executor="ray", progress=False)
+            got[expected] = sorted(load(out)["cpus"])
+    finally:
+        ray.shutdown()
+    assert got == {0.5: [0.5, 0.5], 1.0: [1.0, 1.0]}
+
+
+def test_a_store_written_before_job_kinds_is_a_toy_store(tmp_path: Path, capsys) -> None:
+    """Stores written before kinds existed have no "kind" in spec.json: they open, compare,
+    load and resume as toy sweeps."""
+    spec = load_spec(_spec(tmp_path))
+    out = tmp_path / "old"
+    store = Store.open_or_create(out, spec)
+    run(store, expand(spec)[:3], executor="serial", progress=False)
+    held = json.loads((out / "spec.json").read_text())
+    del held["kind"]
+    (out / "spec.json").write_text(json.dumps(held, indent=2))
+    assert Store.open_or_create(out, spec).kind().name == "toy"
+    assert load(out).attrs["jobs_done"] == 3
+    assert main(["sweep", "--resume", "--out", str(out), "--executor", "serial", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["jobs_run"] == 6

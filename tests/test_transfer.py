@@ -442,7 +442,7 @@ def test_transfer_command_prints_the_rule_and_the_rates(stores, capsys) -> None:
         ("one width", "two or more widths"),
         ("width 0", "--width must be a positive width"),
         ("width -64", "--width must be a positive width"),
-        ("width abc", "--width must be a positive width such as"),
+        ("width abc", "--width: bad width 'abc'"),
         ("scaled rates", "scale their rates with the width"),
         ("foreign csv", "results of another kind"),
         ("missing", "does not exist"),

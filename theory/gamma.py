@@ -1,8 +1,8 @@
 r"""Exponent calculus of the rank-1, single-sample LoRA toy (Hayou–Ghosh–Yu 2024, §3).
 
-The model (DESIGN.md §1) is ``f(x) = W* x + s·b·z`` with ``z = aᵀx`` (``a ∈ R^n``, ``b`` a scalar),
-loss ``½U²`` with ``U = f − y = e + s·b·z`` and ``e = W* x − y = Θ(1) ≠ 0``. The input has Θ(1)
-coordinates, so ``‖x‖² = Θ(n)`` and ``‖x‖₁ = Θ(n)``. The learning rates are ``η_A = n^{c_A}``
+The model (``docs/exponents.md``) is ``f(x) = W* x + s·b·z`` with ``z = aᵀx`` (``a ∈ R^n``, ``b`` a
+scalar), loss ``½U²`` with ``U = f − y = e + s·b·z`` and ``e = W* x − y = Θ(1) ≠ 0``. The input has
+Θ(1) coordinates, so ``‖x‖² = Θ(n)`` and ``‖x‖₁ = Θ(n)``. The learning rates are ``η_A = n^{c_A}``
 and ``η_B = n^{c_B}``.
 
 For a quantity ``v = Θ(n^γ)`` we write ``γ[v]``. Products add exponents and sums take the max
@@ -22,7 +22,7 @@ Update rules at step ``t`` (from ``t − 1``), with ``U = U_{t−1}``, ``b = b_{
 
 Then ``z_t = z_{t−1} + Δz_t``, ``b_t = b_{t−1} + Δb_t``, ``Z_B,t = s b_t z_t``,
 ``γ[U_t] = γ[f_t] = max(0, γ[Z_B,t])``, ``γ[loss_t] = 2γ[U_t]`` and the feature-update terms
-(DESIGN.md §1) ``δ¹_t = s b_{t−1} Δz_t``, ``δ²_t = s Δb_t z_{t−1}``, ``δ³_t = s Δb_t Δz_t``.
+(``docs/lora.md``) ``δ¹_t = s b_{t−1} Δz_t``, ``δ²_t = s Δb_t z_{t−1}``, ``δ³_t = s Δb_t Δz_t``.
 
 The update rules are written once (:func:`_propagate`) over an abstract max-plus algebra and run
 in three of them: exact rationals at one point ``(c_A, c_B)`` (:func:`predict`), vectorised exact
@@ -48,6 +48,8 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+from loraplus_lab.theory.optimizers import calculus_optimizer
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -144,7 +146,6 @@ Exponent = Fraction | _Zero
 
 INITS = ("A", "B")
 OPTIMIZERS = ("gd", "signgd", "adam")
-_OPTIMIZER_ALIASES = {"adamw": "adam"}
 QUANTITIES = ("z", "b", "U", "f", "Z_B", "loss", "dz", "db", "delta1", "delta2", "delta3")
 _OUTPUT = ("Z_B", "f", "U")
 _INTERNAL = ("z", "b")
@@ -197,7 +198,7 @@ def _parse_init(init: Any) -> str:
 def _parse_optimizer(optimizer: Any) -> str:
     if isinstance(optimizer, str):
         key = optimizer.strip().lower()
-        key = _OPTIMIZER_ALIASES.get(key, key)
+        key = calculus_optimizer(key)
         if key in OPTIMIZERS:
             return key
     raise ValueError(

@@ -1,6 +1,6 @@
 """Exact low-dimensional dynamics of the LoRA+ paper's rank-1 single-sample toy and its n → ∞ limit.
 
-The toy (paper §3, DESIGN.md §1): one sample ``(x, y)``, ``x ∈ R^n``, one output, rank one::
+The toy (paper §3; ``docs/reduced.md``): one sample ``(x, y)``, ``x ∈ R^n``, one output, rank one::
 
     f = W* x + s·b·z,    z = aᵀx,    U = f − y = e + s·b·z,    e = W* x − y,    loss ½U².
 
@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from loraplus_lab.theory.optimizers import OPTIMIZERS
+
 __all__ = [
     "DISTRIBUTIONS",
     "OPTIMIZERS",
@@ -52,9 +54,6 @@ __all__ = [
     "gaussian_adam_mean",
     "run",
 ]
-
-#: Optimizer names understood by :func:`run`.
-OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
 
 #: Coordinate distributions known to :meth:`CoordStats.infinite`.
 DISTRIBUTIONS = ("gaussian", "rademacher")

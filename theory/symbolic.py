@@ -1,6 +1,6 @@
 """Symbolic (sympy) checks of the identities behind the exponent calculus.
 
-Notation as in DESIGN.md §1: a LoRA layer ``W* + s·B·A``, features ``Z_A = A x`` and
+Notation as in ``docs/lora.md``: a LoRA layer ``W* + s·B·A``, features ``Z_A = A x`` and
 ``Z_B = s·B Z_A``, and for one step ``t−1 → t`` on the same input
 
     ΔZ_B = δ¹ + δ² + δ³,   δ¹ = s B_{t−1}(Z_A^t − Z_A^{t−1}),   δ² = s (B_t − B_{t−1}) Z_A^{t−1},

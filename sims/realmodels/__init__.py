@@ -2,13 +2,13 @@
 its audit, training (transformers Trainer and a plain accelerate loop), width ladders of GPT-2,
 Llama and RoBERTa, and the LoRA coordinate check.
 
-Names are imported on first use so that ``import sims`` never needs transformers or peft.
+Names are imported on first use so that importing :mod:`loraplus_lab.sims` never needs
+transformers or peft.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from loraplus_lab.sims import lazy_exports
 
 _EXPORTS = {
     "create_loraplus_optimizer": "optimizer",
@@ -26,18 +26,11 @@ _EXPORTS = {
     "make_accelerator": "train",
     "make_dataloader": "train",
     "finetune": "finetune",
-    "expand_grid": "finetune",
+    "finetune_grid": "grid",
+    "expand_grid": "grid",
     "make_model": "ladders",
     "run_coordcheck": "coordcheck",
     "coordcheck_slopes": "coordcheck",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'loraplus_lab.sims.realmodels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"loraplus_lab.sims.realmodels.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from loraplus_lab.sims.checks import InputError, choice, positive_int
 from loraplus_lab.sims.params import DEFAULT_N0, PRESETS, Parametrization, preset
 from loraplus_lab.sims.realmodels.ladders import (
     DEFAULT_HEAD_DIM,
@@ -64,6 +65,7 @@ from loraplus_lab.sims.realmodels.ladders import (
     make_model,
     pretrain,
 )
+from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer
 
 STATS = ("Z", "Z_A", "Z_B", "delta1", "delta2", "delta3", "dZ_B", "dZ")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -155,14 +157,14 @@ class LoraCoordProbe:
         max_coords: int | None = None,
     ):
         if max_coords is not None:
-            max_coords = _positive_int("max_coords", max_coords)
+            max_coords = positive_int("max_coords", max_coords)
         self.layers: dict[str, nn.Module] = dict(iter_lora_layers(model, adapter))
         if not self.layers:
-            raise ValueError("the model has no PEFT LoRA layers to probe")
+            raise InputError("the model has no PEFT LoRA layers to probe")
         for name, layer in self.layers.items():
             drop = layer.lora_dropout[adapter]
             if not isinstance(drop, nn.Identity) and drop.training:
-                raise ValueError(f"LoRA dropout is active in {name}: use lora_dropout=0 or eval()")
+                raise InputError(f"LoRA dropout is active in {name}: use lora_dropout=0 or eval()")
         self.adapter = adapter
         self.keep_tensors = keep_tensors
         self.max_coords = max_coords
@@ -198,7 +200,7 @@ class LoraCoordProbe:
             if self._step is None:
                 return
             if st.seen:
-                raise ValueError(f"LoRA layer {name} ran twice in one recorded forward")
+                raise InputError(f"LoRA layer {name} ran twice in one recorded forward")
             st.seen = True
             with torch.no_grad():
                 z, za, w = st.z_in, inputs[0].detach(), mod.weight.detach()
@@ -304,14 +306,14 @@ def resolve_params(
     and ``λ = 12`` at GPT-2's 768, near the paper's ``2^4``).
     """
     if not parametrizations:
-        raise ValueError("parametrizations must name at least one parametrization")
+        raise InputError("parametrizations must name at least one parametrization")
     out = []
     for p in parametrizations:
         if isinstance(p, Parametrization):
             out.append(p)
             continue
         if p not in PRESETS:
-            raise ValueError(f"unknown parametrization {p!r}; choose one of {', '.join(PRESETS)}")
+            raise InputError(f"unknown parametrization {p!r}; choose one of {', '.join(PRESETS)}")
         c_a, c_b, _ = PRESETS[p]
         out.append(
             preset(
@@ -325,7 +327,7 @@ def resolve_params(
         )
     names = [p.name for p in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"parametrization names must be unique, got {names}")
+        raise InputError(f"parametrization names must be unique, got {names}")
     return out
 
 
@@ -341,29 +343,16 @@ def make_optimizer(
     ``η_B(n)`` (:func:`loraplus_lab.sims.realmodels.optimizer.create_loraplus_optimizer` with
     ``lr = η_A(n)``, ``ratio = η_B(n)/η_A(n)``); Adam's ``ε`` is tiny so that it never caps the
     normalised update at large widths."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    choice("optimizer", optimizer, OPTIMIZERS)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
     kwargs: dict[str, Any] = {} if optimizer == "sgd" else {"eps": eps}
     if optimizer == "adamw":
         kwargs["weight_decay"] = 0.0
     lr_a, lr_b = param.rate_a(width), param.rate_b(width)
-    try:
-        from loraplus_lab.sims.realmodels.optimizer import create_loraplus_optimizer
-    except ImportError:  # pragma: no cover - the optimizer module ships with the package
-        a = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" not in n]
-        return cls([{"params": a, "lr": lr_a}, {"params": rest, "lr": lr_b}], lr=lr_a, **kwargs)
     return create_loraplus_optimizer(model, cls, lr=lr_a, ratio=lr_b / lr_a, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ collection
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def train_and_record(
@@ -382,7 +371,7 @@ def train_and_record(
     ``max_coords``: see :class:`LoraCoordProbe`.
     Returns ``(rows, losses)``; each row is ``layer, layer_type, step, stat, value``.
     """
-    steps = _positive_int("steps", steps)
+    steps = positive_int("steps", steps)
     losses: list[float] = []
     rows: list[dict[str, Any]] = []
     with LoraCoordProbe(model, max_coords=max_coords) as probe:
@@ -433,7 +422,7 @@ def lora_ladder(
     head_dim = int(model_kwargs.get("head_dim", DEFAULT_HEAD_DIM))
     widths = [check_width(n, head_dim) for n in widths]
     if isinstance(pretrain_steps, bool) or pretrain_steps < 0:
-        raise ValueError(f"pretrain_steps must be an integer ≥ 0, got {pretrain_steps!r}")
+        raise InputError(f"pretrain_steps must be an integer ≥ 0, got {pretrain_steps!r}")
     device = torch.device(device)
     cache: dict[tuple[int, int], nn.Module] = {}
 
@@ -478,12 +467,11 @@ def collect_coordcheck(
     :func:`make_optimizer` and :func:`train_and_record`. Columns as :func:`run_coordcheck`
     (``arch`` is ``label``)."""
     if not factories:
-        raise ValueError("widths must name at least one width")
-    steps = _positive_int("steps", steps)
+        raise InputError("widths must name at least one width")
+    steps = positive_int("steps", steps)
     if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise InputError("seeds must name at least one seed")
+    choice("optimizer", optimizer, OPTIMIZERS)
     jobs = [(n, s, p) for n in sorted(factories) for s in seeds for p in params]
     bar = tqdm(jobs, desc=f"coordcheck {label}", disable=not progress, file=sys.stderr)
     frames = []
@@ -577,12 +565,11 @@ def run_coordcheck(
     """
     check_arch(arch)
     if not widths:
-        raise ValueError("widths must name at least one width")
-    batch = _positive_int("batch", batch)
-    seq = _positive_int("seq", seq)
-    steps = _positive_int("steps", steps)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise InputError("widths must name at least one width")
+    batch = positive_int("batch", batch)
+    seq = positive_int("seq", seq)
+    steps = positive_int("steps", steps)
+    choice("optimizer", optimizer, OPTIMIZERS)
     factories = lora_ladder(
         arch,
         sorted(set(widths)),
@@ -650,7 +637,7 @@ def _params_from_attrs(df: pd.DataFrame) -> list[Parametrization]:
         elif name in PRESETS:
             out.append(preset(name))
         else:
-            raise ValueError(f"no definition of parametrization {name!r}: pass params=")
+            raise InputError(f"no definition of parametrization {name!r}: pass params=")
     return out
 
 
@@ -735,14 +722,14 @@ def coordcheck_slopes(
     Columns: ``param, layer_type, step, stat, slope, ci_low, ci_high, zero, n_widths,
     n_diverged, predicted, predicted_label, verdict``.
     """
-    from loraplus_lab.sims.measure import fit_slopes, verdict
+    from loraplus_lab.sims.measure import compare, fit_slopes
 
     need = {"param", "layer_type", "step", "stat", "value", "width", "seed", "diverged"}
     missing = sorted(need - set(df.columns))
     if missing:
-        raise ValueError(f"the coordinate-check results have no column {missing[0]!r}")
+        raise InputError(f"the coordinate-check results have no column {missing[0]!r}")
     if df.empty:
-        raise ValueError("the coordinate-check results are empty")
+        raise InputError("the coordinate-check results are empty")
     stats = list(dict.fromkeys(df["stat"])) if stats is None else list(stats)
     d = df[df["stat"].isin(stats)]
     keys = ["param", "layer_type", "step", "seed", "width"]
@@ -760,7 +747,7 @@ def coordcheck_slopes(
         by=("param", "layer_type", "step"),
         n_boot=n_boot,
         seed=seed,
-    ).rename(columns={"quantity": "stat"})
+    )
     # a stat absent at some (group) gives an all-NaN row: drop it
     fits = fits[fits["n_widths"] > 0].reset_index(drop=True)
     if params is None:
@@ -768,22 +755,8 @@ def coordcheck_slopes(
     if optimizer is None:
         optimizer = df.attrs.get("config", {}).get("optimizer", "adam")
     pred = predicted_coordcheck(params, optimizer, int(df["step"].max()))
-    out = fits.merge(pred, on=["param", "step", "stat"], how="left")
-    out["verdict"] = [
-        verdict(
-            r.slope,
-            r.zero,
-            r.predicted,
-            ci_low=r.ci_low,
-            ci_high=r.ci_high,
-            n_widths=r.n_widths,
-            tolerance=tolerance,
-        )
-        if pd.notna(r.predicted)
-        else "no prediction"
-        for r in out.itertuples()
-    ]
-    return out
+    out = compare(fits, pred.rename(columns={"stat": "quantity"}), tolerance=tolerance)
+    return out.rename(columns={"quantity": "stat"})
 
 
 def headline(

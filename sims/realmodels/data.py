@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loraplus_lab.sims.checks import InputError
+
 #: Hub id of GLUE for ``datasets.load_dataset`` (``"glue"`` redirects to it).
 GLUE_DATASET = "nyu-mll/glue"
 
@@ -64,7 +66,7 @@ LABEL_COLUMN = "label"
 FILE_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad task name or data file; the message is one line naming the file and column/row."""
 
 
@@ -89,11 +91,6 @@ class TaskData:
     split: str
     text_columns: tuple[str, ...]
     source: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_regression(self) -> bool:
-        """Whether the labels are real numbers (one output)."""
-        return self.num_labels == 1
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -360,27 +357,3 @@ def load_task(
         text_columns=(text,) + ((pair,) if pair else ()),
         source={"kind": "file", "path": str(path.resolve()), "rows": len(frame)},
     )
-
-
-def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validate a local data file without a tokenizer: columns used, rows, labels.
-
-    Raises:
-        DataError: as :func:`load_task` does for the file.
-    """
-    check_task(os.fspath(path))
-    frame, text, pair, _labels, num_labels, names = _file_frame(Path(path).expanduser())
-    return {
-        "rows": len(frame),
-        "text_columns": [text] + ([pair] if pair else []),
-        "num_labels": num_labels,
-        "label_names": names,
-    }
-
-
-def num_labels_for(task: str | os.PathLike[str]) -> int:
-    """The label count of a task without tokenizing it (GLUE: from :data:`GLUE_TASKS`)."""
-    task = os.fspath(task)
-    if is_glue(task):
-        return glue_task(task)[1].num_labels
-    return int(inspect_file(task)["num_labels"])

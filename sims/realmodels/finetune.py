@@ -1,4 +1,4 @@
-"""GLUE-style fine-tuning with LoRA (``ratio=1``) or LoRA+, one run or a grid of runs.
+"""GLUE-style fine-tuning with LoRA (``ratio=1``) or LoRA+: one run.
 
 :func:`finetune` is the whole experiment the LoRA+ paper runs on GLUE: load a model (a local
 folder or a Hub name) and a task (``glue/<name>`` or a local CSV/JSONL file), put LoRA adapters
@@ -17,27 +17,23 @@ or the plain accelerate loop, evaluate on the validation split, and write into `
 
 Everything is validated before anything is written: arguments, the output folder, the model,
 the data, the target modules, ``λ > 0`` and the optimizer itself; a bad input raises
-:class:`ValueError` with a one-line message and leaves ``out`` untouched. A run writes into a
-hidden sibling folder and renames it to ``out`` when done, so ``out`` is never half-written.
+:class:`~loraplus_lab.sims.checks.InputError` (a ``ValueError``) with a one-line message and
+leaves ``out`` untouched. A run writes into a hidden sibling folder and renames it to ``out`` when
+done, so ``out`` is never half-written.
 
-``grid=`` turns an ``(η_A, η_B)`` grid into runs. The sweep engine (:mod:`loraplus_lab.sims.sweep`)
-hosts only the toy simulator's jobs, so a grid runs sequentially, one run per point into
-``out/<point>/`` (``eta_a=…,eta_b=…``), with ``out/grid.json`` (the grid) and ``out/grid.csv``
-(one summary row per point). Rerunning the same grid into the same ``out`` skips finished
-points.
+A grid of ``(η_A, η_B)`` points, one run each, is
+:func:`loraplus_lab.sims.realmodels.grid.finetune_grid`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from loraplus_lab.sims.checks import (
+    InputError,
+    choice,
+    is_real,
+    nonnegative,
+    nonnegative_int,
+    positive,
+    positive_int,
+)
+from loraplus_lab.sims.files import check_output, partial_dir, publish_dir, versions
 from loraplus_lab.sims.realmodels import data as data_mod
 from loraplus_lab.sims.realmodels import models as models_mod
 from loraplus_lab.sims.realmodels.optimizer import (
@@ -64,7 +70,6 @@ SCHEDULERS = ("linear", "constant", "constant_with_warmup", "cosine")
 #: Optimizers for ``use_trainer=False`` (the Trainer accepts every ``optim`` it knows).
 LOOP_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.csv", "summary.json"
-GRID_FILE, GRID_TABLE = "grid.json", "grid.csv"
 
 
 @dataclass(frozen=True)
@@ -126,94 +131,61 @@ class FinetuneConfig:
 # validation
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _pos_float(name: str, v: object, *, zero: bool = False) -> None:
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-    if ok:
-        f = float(v)  # type: ignore[arg-type]
-        ok = math.isfinite(f) and (f >= 0 if zero else f > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'≥ 0' if zero else '> 0'}, got {v!r}")
-
-
-def _pos_int(name: str, v: object) -> None:
-    if not _is_int(v) or int(v) < 1:  # type: ignore[call-overload]
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-
 def validate_config(cfg: FinetuneConfig) -> None:
     """Check every argument that can be checked without loading anything (one-line errors)."""
-    _pos_float("lr (η_A)", cfg.lr)
-    _pos_float("ratio (λ = η_B/η_A)", cfg.ratio)
-    if cfg.policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {cfg.policy!r}")
+    positive("lr (η_A)", cfg.lr)
+    positive("ratio (λ = η_B/η_A)", cfg.ratio)
+    choice("policy", cfg.policy, POLICIES)
     if cfg.epochs is not None and cfg.steps is not None:
-        raise ValueError("give epochs or steps, not both")
+        raise InputError("give epochs or steps, not both")
     if cfg.epochs is not None:
-        _pos_float("epochs", cfg.epochs)
+        positive("epochs", cfg.epochs)
     if cfg.steps is not None:
-        _pos_int("steps", cfg.steps)
+        positive_int("steps", cfg.steps)
     for name in ("batch_size", "r", "max_length", "log_every", "eval_batch_size"):
-        _pos_int(name, getattr(cfg, name))
+        positive_int(name, getattr(cfg, name))
     for name in ("max_samples", "eval_max_samples", "checkpoint_every", "base_fan_in"):
         if getattr(cfg, name) is not None:
-            _pos_int(name, getattr(cfg, name))
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {cfg.seed!r}")
-    _pos_float("alpha", cfg.alpha)
-    if not (isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
+            positive_int(name, getattr(cfg, name))
+    nonnegative_int("seed", cfg.seed)
+    positive("alpha", cfg.alpha)
+    if not (is_real(cfg.dropout) and 0 <= cfg.dropout < 1):
+        raise InputError(f"dropout must be in [0, 1), got {cfg.dropout!r}")
     if cfg.bf16 not in (True, False, "auto"):
-        raise ValueError(f"bf16 must be True, False or 'auto', got {cfg.bf16!r}")
-    _pos_float("weight_decay", cfg.weight_decay, zero=True)
-    _pos_float("warmup", cfg.warmup, zero=True)
+        raise InputError(f"bf16 must be True, False or 'auto', got {cfg.bf16!r}")
+    nonnegative("weight_decay", cfg.weight_decay)
+    nonnegative("warmup", cfg.warmup)
     if not float(cfg.warmup) < 1 and not float(cfg.warmup).is_integer():
-        raise ValueError(
+        raise InputError(
             f"warmup must be a ratio in [0, 1) or a whole number of steps, got {cfg.warmup!r}"
         )
-    if cfg.scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}")
+    choice("scheduler", cfg.scheduler, SCHEDULERS)
     from transformers.training_args import OptimizerNames
 
     known_optim = {o.value for o in OptimizerNames}
     if cfg.optim not in known_optim:
-        raise ValueError(
+        raise InputError(
             f"optim: unknown {cfg.optim!r} (transformers' OptimizerNames, e.g. "
             "adamw_torch, adamw_torch_fused, sgd)"
         )
     if not cfg.use_trainer and cfg.optim not in LOOP_OPTIMIZERS:
-        raise ValueError(
+        raise InputError(
             f"optim {cfg.optim!r} needs use_trainer=True; the plain loop takes "
             f"{', '.join(LOOP_OPTIMIZERS)}"
         )
     if cfg.use_trainer and cfg.checkpoint_every is not None:
-        raise ValueError("checkpoint_every needs use_trainer=False (the plain accelerate loop)")
+        raise InputError("checkpoint_every needs use_trainer=False (the plain accelerate loop)")
     b1, b2 = cfg.adam_betas
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise ValueError(f"adam_betas must lie in [0, 1), got {cfg.adam_betas!r}")
-    _pos_float("adam_eps", cfg.adam_eps)
+        raise InputError(f"adam_betas must lie in [0, 1), got {cfg.adam_betas!r}")
+    positive("adam_eps", cfg.adam_eps)
     for name in ("max_grad_norm", "lr_embedding", "lr_other", "loss_bound"):
         if getattr(cfg, name) is not None:
-            _pos_float(name, getattr(cfg, name))
+            positive(name, getattr(cfg, name))
     if cfg.policy == "peft" and (cfg.fan_in_aware or cfg.lr_other is not None):
-        raise ValueError("fan_in_aware and lr_other need policy='theory'")
+        raise InputError("fan_in_aware and lr_other need policy='theory'")
     if cfg.base_fan_in is not None and not cfg.fan_in_aware:
-        raise ValueError("base_fan_in needs fan_in_aware=True")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"out: {out} exists and is not empty (pass overwrite=True to replace it)")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"out: {parent} is not writable")
+        raise InputError("base_fan_in needs fan_in_aware=True")
 
 
 def resolve_bf16(bf16: bool | str) -> bool:
@@ -223,21 +195,23 @@ def resolve_bf16(bf16: bool | str) -> bool:
     return bool(bf16)
 
 
-def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
+def make_config(
+    model: str | os.PathLike[str], task: str | os.PathLike[str], **settings: Any
+) -> FinetuneConfig:
+    """A :class:`FinetuneConfig` from keyword settings (sequences become tuples).
 
-    from loraplus_lab import sims
-
-    return {
-        "loraplus-lab": sims.__version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-    }
+    Raises:
+        InputError: an unknown setting.
+    """
+    known = {f.name for f in fields(FinetuneConfig)} - {"model", "task"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"finetune: unknown option {unknown[0]!r}")
+    for k in ("target_modules", "adam_betas"):
+        v = settings.get(k)
+        if v is not None and not isinstance(v, str):
+            settings[k] = tuple(str(t) for t in v) if k == "target_modules" else tuple(v)
+    return FinetuneConfig(model=os.fspath(model), task=os.fspath(task), **settings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +239,13 @@ def _load_tokenizer(cfg: FinetuneConfig) -> Any:
     )
 
 
+def load_inputs(cfg: FinetuneConfig) -> tuple[Any, tuple[Any, Any]]:
+    """The tokenizer and the ``(train, evaluation)`` data of ``cfg``, to :func:`prepare` several
+    runs on the same inputs."""
+    tokenizer = _load_tokenizer(cfg)
+    return tokenizer, _load_data(cfg, tokenizer)
+
+
 def _load_data(cfg: FinetuneConfig, tokenizer: Any) -> tuple[Any, Any]:
     train = data_mod.load_task(
         cfg.task, tokenizer, max_length=cfg.max_length, split="train",
@@ -282,7 +263,7 @@ def _load_data(cfg: FinetuneConfig, tokenizer: Any) -> tuple[Any, Any]:
             max_samples=cfg.eval_max_samples,
         )  # fmt: skip
     if evaluation is not None and evaluation.num_labels > train.num_labels:
-        raise ValueError(
+        raise InputError(
             f"eval_task: {evaluation.num_labels} labels but the training data has "
             f"{train.num_labels}"
         )
@@ -341,7 +322,7 @@ def _loop_optimizer(cfg: FinetuneConfig, model: Any) -> torch.optim.Optimizer:
 
 def prepare(cfg: FinetuneConfig, *, tokenizer: Any = None, data: tuple | None = None) -> Prepared:
     """Validate ``cfg`` and load model, tokenizer and data; build adapters and the optimizer
-    once to check them. Raises ``ValueError`` (one line) for any bad input; writes nothing."""
+    once to check them. Raises :class:`InputError` (one line) for any bad input; writes nothing."""
     validate_config(cfg)
     data_mod.check_task(cfg.task)
     if cfg.eval_task is not None:
@@ -641,7 +622,7 @@ def _config_record(prep: Prepared, extra: Mapping[str, Any] | None = None) -> di
         "model": models_mod.describe_model(prep.model),
         "lora": prep.lora,
         "optimizer_audit": prep.audit,
-        "versions": _versions(),
+        "versions": versions("torch", "transformers", "peft", "accelerate"),
     }
     if extra:
         record.update(extra)
@@ -659,11 +640,7 @@ def run_prepared(
     """Train and evaluate a prepared run, writing into a hidden sibling of ``out`` renamed to
     ``out`` at the end (removed again if anything fails)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
+    partial = partial_dir(out)
     try:
         _write_json(partial / CONFIG_FILE, _config_record(prep, extra_config))
         log = _CsvLog(partial / METRICS_FILE)
@@ -689,117 +666,13 @@ def run_prepared(
             )  # fmt: skip
             summary.update({f"eval_{k}": v for k, v in metrics.items()})
         _write_json(partial / SUMMARY_FILE, summary)
-        if out.exists():
-            if not overwrite and any(out.iterdir()):
-                raise ValueError(f"out: {out} appeared while the run was going")
-            shutil.rmtree(out)
-        partial.rename(out)
+        if out.exists() and not overwrite and any(out.iterdir()):
+            raise InputError(f"out: {out} appeared while the run was going")
+        publish_dir(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# grids
-
-
-def expand_grid(
-    grid: Mapping[str, Sequence[float] | float] | Iterable[tuple[float, float]],
-) -> list[tuple[float, float]]:
-    """``(η_A, η_B)`` points of a grid.
-
-    Accepts ``{"eta_a": [...], "eta_b": [...]}`` (their product, ``eta_a``-major),
-    ``{"eta_a": [...], "ratio": [...]}`` (``η_B = λ·η_A``) or a list of ``(η_A, η_B)`` pairs.
-
-    Raises:
-        ValueError: an empty grid, unknown keys, a rate ≤ 0 or non-finite, or duplicates.
-    """
-    if isinstance(grid, Mapping):
-        keys = set(grid)
-        if keys not in ({"eta_a", "eta_b"}, {"eta_a", "ratio"}):
-            raise ValueError(
-                f"grid: keys must be eta_a with eta_b or ratio, got {', '.join(sorted(keys))}"
-            )
-
-        def values(k: str) -> list[float]:
-            v = grid[k]
-            return [v] if isinstance(v, (int, float)) else list(v)  # type: ignore[list-item]
-
-        a_vals = values("eta_a")
-        if "eta_b" in keys:
-            points = list(itertools.product(a_vals, values("eta_b")))
-        else:
-            points = [(a, a * lam) for a, lam in itertools.product(a_vals, values("ratio"))]
-    else:
-        try:
-            points = [(a, b) for a, b in grid]
-        except (TypeError, ValueError):
-            raise ValueError("grid: expected a mapping or a list of (eta_a, eta_b) pairs") from None
-    if not points:
-        raise ValueError("grid: no points")
-    for a, b in points:
-        _pos_float("grid eta_a", a)
-        _pos_float("grid eta_b", b)
-    points = [(float(a), float(b)) for a, b in points]
-    names = [grid_point_name(a, b) for a, b in points]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup is not None:
-        raise ValueError(f"grid: duplicate point {dup}")
-    return points
-
-
-def grid_point_name(eta_a: float, eta_b: float) -> str:
-    """Folder name of a grid point, e.g. ``eta_a=0.0001,eta_b=0.0016``."""
-    return f"eta_a={eta_a:.6g},eta_b={eta_b:.6g}"
-
-
-def _run_grid(
-    cfg: FinetuneConfig,
-    points: list[tuple[float, float]],
-    out: Path,
-    *,
-    overwrite: bool,
-    progress: bool,
-    on_point: Callable[[dict[str, Any]], None] | None,
-    executor: str = "serial",
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Run the grid's points as jobs of the sweep engine (store in ``out``, points' artifacts in
-    ``out/points``): resumable, each point trained once, on any executor."""
-    from loraplus_lab.sims.realmodels.grid import GridSpec, grid_jobs, point_name
-    from loraplus_lab.sims.sweep import Store, run
-
-    configs = [replace(cfg, lr=a, ratio=b / a) for a, b in points]
-    for c in configs:
-        validate_config(c)
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("lr", "ratio")}
-    spec = GridSpec(out.name or "grid", config, tuple(points), str(out))
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    held = out / "spec.json"
-    if not held.is_file():
-        _check_out(out, overwrite=False)
-    # Validate everything (model, data, targets, optimizer) once, before anything is written.
-    tokenizer = _load_tokenizer(cfg)
-    loaded = _load_data(cfg, tokenizer)
-    prepare(configs[0], tokenizer=tokenizer, data=loaded)
-    store = Store.open_or_create(out, spec)
-    jobs = grid_jobs(spec)
-    run(store, jobs, executor=executor, workers=workers, progress=progress)
-    summaries = []
-    for a, b in points:
-        name = point_name(a, b)
-        summary = json.loads((out / "points" / name / SUMMARY_FILE).read_text())
-        summary = {"point": name, "eta_a": a, "eta_b": b, **summary}
-        summaries.append(summary)
-        if on_point is not None:
-            on_point(summary)
-    table = pd.DataFrame(summaries)
-    tmp = out / f".{GRID_TABLE}.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(out / GRID_TABLE)
-    return {"out": str(out), "grid": summaries}
 
 
 def finetune(
@@ -819,13 +692,9 @@ def finetune(
     target_modules: Sequence[str] | str | None = None,
     seed: int = 0,
     bf16: bool | str = "auto",
-    grid: Mapping[str, Any] | Iterable[tuple[float, float]] | None = None,
     use_trainer: bool = True,
     overwrite: bool = False,
     progress: bool = True,
-    on_point: Callable[[dict[str, Any]], None] | None = None,
-    executor: str = "serial",
-    workers: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on ``task`` with LoRA (``ratio=1``) or LoRA+ and write the results.
@@ -844,15 +713,9 @@ def finetune(
             paper's).
         seed: Seeds model init (head, adapters), data order and dropout.
         bf16: ``"auto"`` (bf16 on a GPU that supports it), ``True`` or ``False``.
-        grid: ``(η_A, η_B)`` grid (see :func:`expand_grid`): one run per point into
-            ``out/<point>/``; ``lr`` and ``ratio`` are then ignored.
         use_trainer: ``True``: :class:`LoraPlusTrainer`; ``False``: the accelerate loop.
         overwrite: Replace an existing, non-empty ``out``.
         progress: Progress bar (plain loop).
-        on_point: Grid only: called with each point's summary when it is done.
-        executor, workers: Grid only: the sweep engine's executor (``"serial"``, ``"local"``
-            processes, ``"ray"``) and its workers; points are its jobs, stored in ``out`` and
-            resumed by running the same grid again.
         **options: Further :class:`FinetuneConfig` fields (``max_length``, ``max_samples``,
             ``eval_task``, ``eval_max_samples``, ``weight_decay``, ``warmup``, ``scheduler``,
             ``optim``, ``adam_betas``, ``adam_eps``, ``max_grad_norm``, ``lr_embedding``,
@@ -860,43 +723,20 @@ def finetune(
             ``checkpoint_every``, ``loss_bound``, ``trust_remote_code``, ``offline``).
 
     Returns:
-        The run's summary (losses, steps, divergence, evaluation metrics), or for a grid
-        ``{"out": ..., "grid": [summary per point]}``.
+        The run's summary (losses, steps, divergence, evaluation metrics).
 
     Raises:
-        ValueError: One line, before anything is written: bad argument, non-empty ``out``,
+        InputError: One line, before anything is written: bad argument, non-empty ``out``,
             unknown model, unreadable data or bad rows, target modules matching nothing,
             ``λ ≤ 0``.
     """
-    known = {f for f in FinetuneConfig.__dataclass_fields__}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"finetune: unknown option {unknown[0]!r}")
-    if target_modules is not None and not isinstance(target_modules, str):
-        target_modules = tuple(str(t) for t in target_modules)
-    if "adam_betas" in options:
-        options["adam_betas"] = tuple(options["adam_betas"])
-    cfg = FinetuneConfig(
-        model=os.fspath(model), task=os.fspath(task), lr=lr, ratio=ratio, policy=policy,
-        epochs=epochs, steps=steps, batch_size=batch_size, r=r, alpha=alpha, dropout=dropout,
-        target_modules=target_modules, seed=seed, bf16=bf16, use_trainer=use_trainer,
-        **options,
+    cfg = make_config(
+        model, task, lr=lr, ratio=ratio, policy=policy, epochs=epochs, steps=steps,
+        batch_size=batch_size, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+        seed=seed, bf16=bf16, use_trainer=use_trainer, **options,
     )  # fmt: skip
     out_path = Path(out).expanduser()
-    if grid is not None:
-        validate_config(replace(cfg, lr=1.0, ratio=1.0))
-        points = expand_grid(grid)
-        return _run_grid(
-            cfg,
-            points,
-            out_path,
-            overwrite=overwrite,
-            progress=progress,
-            on_point=on_point,
-            executor=executor,
-            workers=workers,
-        )
     validate_config(cfg)
-    _check_out(out_path, overwrite)
+    check_output(out_path, overwrite=overwrite)
     prep = prepare(cfg)
     return run_prepared(prep, out_path, overwrite=overwrite, progress=progress)

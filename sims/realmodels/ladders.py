@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from loraplus_lab.sims.checks import InputError, positive_int
 from loraplus_lab.sims.params import DEFAULT_N0, check_init
 
 ARCHS = ("gpt2", "llama", "roberta")
@@ -72,27 +73,21 @@ _RESIDUAL_OUT = {
 def check_arch(arch: str) -> str:
     """Validate an architecture name (one of :data:`ARCHS`)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise InputError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     return arch
 
 
 def check_width(width: int, head_dim: int = DEFAULT_HEAD_DIM) -> int:
     """Validate a width: an integer ≥ :data:`MIN_WIDTH` divisible by ``head_dim``."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
-        raise ValueError(f"width must be an integer, got {width!r}")
+        raise InputError(f"width must be an integer, got {width!r}")
     if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
-        raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}")
+        raise InputError(f"head_dim must be a positive integer, got {head_dim!r}")
     if width < MIN_WIDTH:
-        raise ValueError(f"width must be at least {MIN_WIDTH}, got {width}")
+        raise InputError(f"width must be at least {MIN_WIDTH}, got {width}")
     if width % head_dim:
-        raise ValueError(f"width must be divisible by the head dimension {head_dim}, got {width}")
+        raise InputError(f"width must be divisible by the head dimension {head_dim}, got {width}")
     return int(width)
-
-
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def llama_intermediate(width: int, multiple_of: int = 32) -> int:
@@ -115,13 +110,13 @@ def make_config(
     """The transformers config of one rung of a ladder (dropout off, embeddings untied)."""
     check_arch(arch)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     check_width(width, head_dim)
-    layers = _check_positive_int("layers", layers)
-    context = _check_positive_int("context", context)
-    vocab = _check_positive_int("vocab", vocab)
+    layers = positive_int("layers", layers)
+    context = positive_int("context", context)
+    vocab = positive_int("vocab", vocab)
     if vocab <= N_SPECIAL:
-        raise ValueError(f"vocab must be larger than {N_SPECIAL}, got {vocab}")
+        raise InputError(f"vocab must be larger than {N_SPECIAL}, got {vocab}")
     heads = width // head_dim
     common = dict(
         vocab_size=vocab,
@@ -181,7 +176,7 @@ def make_config(
 
 def _model_class(arch: str, task: str) -> type:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     import transformers as tf
 
     names = {
@@ -378,8 +373,8 @@ def markov_tokens(
 ) -> torch.Tensor:
     """A ``(batch, seq)`` int64 token batch sampled from :func:`markov_chain` (``chain_seed``,
     default ``seed``); first tokens uniform over the non-special ids."""
-    batch = _check_positive_int("batch", batch)
-    seq = _check_positive_int("seq", seq)
+    batch = positive_int("batch", batch)
+    seq = positive_int("seq", seq)
     P = markov_chain(vocab, seed=seed if chain_seed is None else chain_seed)
     cdf = np.cumsum(P, axis=1)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x746F6B73]))
@@ -454,7 +449,7 @@ def pretrain(
     ``lr``), so the same ``lr`` suits every width. Returns the losses; leaves the model in eval
     mode with ``requires_grad`` unchanged.
     """
-    steps = _check_positive_int("steps", steps)
+    steps = positive_int("steps", steps)
     if arch is None:
         arch = {"gpt2": "gpt2", "llama": "llama", "roberta": "roberta"}.get(
             model.config.model_type, ""
@@ -516,14 +511,14 @@ def lora_model(
     """
     check_arch(arch)
     check_init(init)
-    r = _check_positive_int("r", r)
+    r = positive_int("r", r)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = list(DEFAULT_TARGETS[arch] if target_modules is None else target_modules)
     if not targets:
-        raise ValueError("target_modules must name at least one module")
+        raise InputError("target_modules must name at least one module")
     task_type = {
         ("lm", "gpt2"): TaskType.CAUSAL_LM,
         ("lm", "llama"): TaskType.CAUSAL_LM,

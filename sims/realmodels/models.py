@@ -18,11 +18,12 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from loraplus_lab.sims.checks import InputError
 
 #: Model families whose sequence-classification head PEFT trains through ``modules_to_save``.
 HEAD_NAMES: tuple[str, ...] = ("classifier", "score")
@@ -54,7 +55,7 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     """A model or tokenizer could not be loaded; the message is one line."""
 
 
@@ -299,7 +300,7 @@ def glue_target_modules(model: nn.Module) -> tuple[str, ...]:
     if model_type in GLUE_TARGET_MODULES:
         return GLUE_TARGET_MODULES[model_type]
     names = ", ".join(_short_names(adaptable_module_names(model))) or "none"
-    raise ValueError(
+    raise InputError(
         f"target_modules: no paper default for model type {model_type!r} (defaults exist for "
         f"{', '.join(sorted(GLUE_TARGET_MODULES))}); pass target_modules from: {names}"
     )
@@ -344,15 +345,15 @@ def lora_config_for(
     from transformers.pytorch_utils import Conv1D
 
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"r: LoRA rank must be a positive integer, got {r!r}")
+        raise InputError(f"r: LoRA rank must be a positive integer, got {r!r}")
     if not alpha > 0:
-        raise ValueError(f"alpha: must be positive, got {alpha!r}")
+        raise InputError(f"alpha: must be positive, got {alpha!r}")
     if not 0 <= dropout < 1:
-        raise ValueError(f"dropout: must be in [0, 1), got {dropout!r}")
+        raise InputError(f"dropout: must be in [0, 1), got {dropout!r}")
     if task not in TASKS:
-        raise ValueError(f"task: unknown {task!r}; choose one of {', '.join(TASKS)}")
+        raise InputError(f"task: unknown {task!r}; choose one of {', '.join(TASKS)}")
     if has_lora(model):
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} already has LoRA adapters; pass the model before "
             "get_peft_model/apply_lora"
         )
@@ -363,11 +364,11 @@ def lora_config_for(
         try:
             re.compile(targets)
         except re.error as err:
-            raise ValueError(f"target_modules: bad regular expression {targets!r}: {err}") from None
+            raise InputError(f"target_modules: bad regular expression {targets!r}: {err}") from None
     else:
         targets = [str(t).strip() for t in target_modules if str(t).strip()]
         if not targets:
-            raise ValueError("target_modules: empty list")
+            raise InputError("target_modules: empty list")
     if modules_to_save == "auto":
         save = head_module_names(model) if task == "classification" else []
     elif modules_to_save is None:
@@ -391,7 +392,7 @@ def lora_config_for(
     if not matched:
         shown = targets if isinstance(targets, str) else ", ".join(targets)
         names = ", ".join(_short_names(adaptable)) or "none"
-        raise ValueError(
+        raise InputError(
             f"target_modules: {shown} match no Linear/Conv1D module of this "
             f"{type(model).__name__}; its Linear/Conv1D module names are: {names}"
         )
@@ -438,8 +439,3 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
         "trainable_parameters": trainable,
         "trainable": trainable_parameter_names(model),
     }
-
-
-def is_local_model(name_or_path: str | os.PathLike[str]) -> bool:
-    """Whether ``name_or_path`` is an existing folder."""
-    return Path(os.path.expanduser(os.fspath(name_or_path))).is_dir()

@@ -79,6 +79,8 @@ from peft.tuners.lora.layer import Embedding as LoraEmbedding
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
+from loraplus_lab.sims.checks import InputError
+
 __all__ = [
     "POLICIES",
     "OptimizerAudit",
@@ -133,7 +135,7 @@ def _positive_finite(name: str, value: object, *, allow_zero: bool = False) -> f
         ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
     if not ok:
         need = "a finite number ≥ 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"{name} must be {need} (or a 0-d tensor), got {value!r}")
+        raise InputError(f"{name} must be {need} (or a 0-d tensor), got {value!r}")
     return v
 
 
@@ -156,12 +158,12 @@ def _check_inputs(
     optimizer_kwargs: dict,
 ) -> None:
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise ValueError(
+        raise InputError(
             "optimizer_cls must be a torch.optim.Optimizer subclass, "
             f"got {_describe(optimizer_cls)}"
         )
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        raise InputError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     _positive_finite("lr (η_A)", lr)
     _positive_finite("ratio (λ = η_B/η_A)", ratio)
     if lr_embedding is not None:
@@ -171,19 +173,19 @@ def _check_inputs(
     _positive_finite("weight_decay", weight_decay, allow_zero=True)
     if policy == "peft":
         if fan_in_aware:
-            raise ValueError("fan_in_aware=True needs policy='theory'; PEFT has no per-layer rates")
+            raise InputError("fan_in_aware=True needs policy='theory'; PEFT has no per-layer rates")
         if lr_other is not None:
-            raise ValueError("lr_other needs policy='theory'; PEFT puts other params at η or λ·η")
+            raise InputError("lr_other needs policy='theory'; PEFT puts other params at η or λ·η")
     if base_fan_in is not None:
         if not fan_in_aware:
-            raise ValueError(f"base_fan_in={base_fan_in!r} needs fan_in_aware=True")
+            raise InputError(f"base_fan_in={base_fan_in!r} needs fan_in_aware=True")
         if not (isinstance(base_fan_in, numbers.Integral) and base_fan_in > 0) or isinstance(
             base_fan_in, bool
         ):
-            raise ValueError(f"base_fan_in must be a positive integer, got {base_fan_in!r}")
+            raise InputError(f"base_fan_in must be a positive integer, got {base_fan_in!r}")
     bad = sorted(k for k in optimizer_kwargs if k.startswith("loraplus_") or k in ("params",))
     if bad:
-        raise ValueError(
+        raise InputError(
             f"unexpected optimizer keyword {bad[0]!r}: use weight_decay=/lr_embedding= instead"
         )
 
@@ -378,7 +380,7 @@ def _check_peft_version() -> None:
     from packaging.version import Version
 
     if Version(peft.__version__) < Version(PEFT_MIN_VERSION):
-        raise ValueError(
+        raise InputError(
             f"policy='peft' reproduces PEFT >= {PEFT_MIN_VERSION}, but PEFT {peft.__version__} is "
             "installed (its embedding grouping differs); upgrade peft"
         )
@@ -470,7 +472,7 @@ def create_loraplus_optimizer(
         fan_in_aware, base_fan_in, optimizer_kwargs,
     )  # fmt: skip
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     roles = _lora_params(model)
     trainable = _trainable(model)
     kwargs = dict(optimizer_kwargs)
@@ -482,7 +484,7 @@ def create_loraplus_optimizer(
         )  # fmt: skip
     else:
         if not any(id(p) in roles and roles[id(p)].kind in _LORA_FACTORS for _, p in trainable):
-            raise ValueError(
+            raise InputError(
                 f"{type(model).__name__} has no trainable LoRA parameters "
                 "(wrap it with peft.get_peft_model(model, LoraConfig(...)) first)"
             )
@@ -495,7 +497,7 @@ def create_loraplus_optimizer(
             kwargs["weight_decay"] = weight_decay  # so that optimizer.defaults agree
     optimizer = optimizer_cls(groups, lr=lr, **kwargs)
     if float(weight_decay) > 0 and "weight_decay" not in optimizer.defaults:
-        raise ValueError(
+        raise InputError(
             f"weight_decay={weight_decay} but {optimizer_cls.__name__} has no weight_decay"
         )
     if _is_eight_bit(optimizer_cls, kwargs):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.plots import MARKERS, PALETTE
 
 STAT_LABELS = {
@@ -60,7 +61,7 @@ def plot_lora_coordcheck(
     """
     d = df[(df["stat"] == stat) & ~df["diverged"]]
     if d.empty:
-        raise ValueError(f"no rows with stat {stat!r} to plot")
+        raise InputError(f"no rows with stat {stat!r} to plot")
     params = list(dict.fromkeys(d["param"])) if params is None else list(params)
     steps = sorted(d["step"].unique()) if steps is None else list(steps)
     if layer_types is None:
@@ -165,7 +166,7 @@ def plot_lora_slopes(
     """
     s = slopes[(slopes["step"] >= min_step) & slopes["stat"].isin(stats) & ~slopes["zero"]]
     if s.empty:
-        raise ValueError(f"no slopes at steps ≥ {min_step} for {', '.join(stats)}")
+        raise InputError(f"no slopes at steps ≥ {min_step} for {', '.join(stats)}")
     g = (
         s.groupby(["stat", "param", "layer_type"], sort=False)
         .agg(slope=("slope", "mean"), lo=("ci_low", "min"), hi=("ci_high", "max"))

@@ -44,6 +44,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from loraplus_lab.sims.checks import InputError, positive, positive_int
+from loraplus_lab.sims.files import publish_dir
 from loraplus_lab.sims.realmodels.optimizer import POLICIES, create_loraplus_optimizer
 
 try:  # the Trainer subclass needs transformers; the loop only needs accelerate
@@ -58,15 +60,6 @@ STATE_FILE = "state.json"
 
 # --------------------------------------------------------------------------------------------
 # LoRA+ arguments and the Trainer
-
-
-def _finite_positive(name: str, value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = math.isfinite(float(value)) and float(value) > 0  # type: ignore[arg-type]
-    if not ok:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -90,15 +83,15 @@ class LoraPlusArguments:
     base_fan_in: int | None = None
 
     def __post_init__(self) -> None:
-        _finite_positive("loraplus ratio (λ = η_B/η_A)", self.ratio)
+        positive("loraplus ratio (λ = η_B/η_A)", self.ratio)
         if self.policy not in POLICIES:
-            raise ValueError(
+            raise InputError(
                 f"loraplus policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"
             )
         if self.lr_embedding is not None:
-            _finite_positive("loraplus lr_embedding", self.lr_embedding)
+            positive("loraplus lr_embedding", self.lr_embedding)
         if self.lr_other is not None:
-            _finite_positive("loraplus lr_other", self.lr_other)
+            positive("loraplus lr_other", self.lr_other)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON records."""
@@ -167,7 +160,7 @@ class LoraPlusTrainer(_Trainer):  # type: ignore[misc,valid-type]
         self.loraplus = LoraPlusArguments(**base)
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers and optimizers[0] is not None:
-            raise ValueError(
+            raise InputError(
                 "LoraPlusTrainer builds its own optimizer; pass optimizers=(None, scheduler) "
                 "or use transformers.Trainer"
             )
@@ -187,7 +180,7 @@ class LoraPlusTrainer(_Trainer):  # type: ignore[misc,valid-type]
             if not (
                 isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
             ):
-                raise ValueError(
+                raise InputError(
                     f"optim {self.args.optim!r} gives {optimizer_cls!r}, not a "
                     "torch.optim.Optimizer class; LoRA+ needs one (e.g. adamw_torch)"
                 )
@@ -196,7 +189,7 @@ class LoraPlusTrainer(_Trainer):  # type: ignore[misc,valid-type]
             kwargs.pop("weight_decay", None)
             unsupported = [k for k in ("params", "model", "optimizer_dict") if k in kwargs]
             if unsupported:
-                raise ValueError(
+                raise InputError(
                     f"optim {self.args.optim!r} builds its own parameter groups "
                     f"({unsupported[0]}); LoRA+ cannot be combined with it"
                 )
@@ -256,8 +249,7 @@ def make_dataloader(
     """
     from transformers import DataCollatorWithPadding
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    positive_int("batch_size", batch_size)
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return torch.utils.data.DataLoader(
@@ -426,9 +418,7 @@ def save_checkpoint(
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        publish_dir(tmp, final)
     accelerator.wait_for_everyone()
     return final
 
@@ -452,26 +442,26 @@ def load_checkpoint(
 
     found = latest_checkpoint(path)
     if found is None:
-        raise ValueError(f"resume_from: no checkpoint ({STATE_FILE}) under {path}")
+        raise InputError(f"resume_from: no checkpoint ({STATE_FILE}) under {path}")
     state = json.loads((found / STATE_FILE).read_text())
     if state["seed"] != seed:
-        raise ValueError(f"resume_from: {found} was written with seed {state['seed']}, not {seed}")
+        raise InputError(f"resume_from: {found} was written with seed {state['seed']}, not {seed}")
     if state["num_processes"] != accelerator.num_processes:
-        raise ValueError(
+        raise InputError(
             f"resume_from: {found} was written by {state['num_processes']} processes, "
             f"this run has {accelerator.num_processes}"
         )
     if bool(state.get("scheduler")) != (scheduler is not None):
-        raise ValueError(f"resume_from: {found}: scheduler presence differs from this run")
+        raise InputError(f"resume_from: {found}: scheduler presence differs from this run")
     rng_file = found / f"rng-{accelerator.process_index}.pt"
     if not rng_file.is_file():
-        raise ValueError(f"resume_from: {found} lacks {rng_file.name}")
+        raise InputError(f"resume_from: {found} lacks {rng_file.name}")
     unwrapped = accelerator.unwrap_model(model)
     params = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
     weights = load_file(str(found / WEIGHTS_FILE))
     if sorted(weights) != sorted(params):
         extra = sorted(set(weights) ^ set(params))
-        raise ValueError(
+        raise InputError(
             f"resume_from: {found}: trainable parameters differ from this model's (e.g. {extra[0]})"
         )
     with torch.no_grad():
@@ -551,30 +541,22 @@ def train_loop(
         start); a resumed run's frame includes the rows of the run it resumed.
 
     Raises:
-        ValueError: one line for bad arguments or a checkpoint that does not fit this run.
+        InputError: one line for bad arguments or a checkpoint that does not fit this run.
     """
-    for name, value in (("steps", steps), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    positive_int("steps", steps)
+    positive_int("log_every", log_every)
     if checkpoint_every is not None:
-        if (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or (checkpoint_every < 1)
-        ):
-            raise ValueError(
-                f"checkpoint_every must be a positive integer, got {checkpoint_every!r}"
-            )
+        positive_int("checkpoint_every", checkpoint_every)
         if checkpoint_dir is None:
-            raise ValueError("checkpoint_every needs checkpoint_dir")
+            raise InputError("checkpoint_every needs checkpoint_dir")
     if max_grad_norm is not None:
-        _finite_positive("max_grad_norm", max_grad_norm)
+        positive("max_grad_norm", max_grad_norm)
     if accelerator is None:
         accelerator = make_accelerator(seed=seed)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     steps_per_epoch = len(dataloader)
     if steps_per_epoch < 1:
-        raise ValueError("dataloader yields no batch (dataset smaller than one batch?)")
+        raise InputError("dataloader yields no batch (dataset smaller than one batch?)")
 
     start, rows = 0, []
     if resume_from is not None:

@@ -6,20 +6,24 @@ and serial, local-process and Ray executors.
     run(store, expand(spec), executor="local")
     df = load("results/small")
 
-Names are imported on first use, so that reading and checking a spec does not import torch.
+The engine runs any kind of job (:mod:`~loraplus_lab.sims.sweep.kinds`): toy sweeps are built in,
+real-model finetune grids register through an entry point, and ``run(store, store.jobs())``
+resumes any store. Names are imported on first use, so that reading and checking a spec does not
+import torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from loraplus_lab.sims import lazy_exports
 
 _EXPORTS = {
     "SpecError": "spec",
     "SweepSpec": "spec",
     "load_spec": "spec",
     "parse_spec": "spec",
-    "Job": "jobs",
+    "Job": "kinds",
+    "JobKind": "kinds",
+    "ToyJob": "jobs",
     "expand": "jobs",
     "run_job": "jobs",
     "Store": "store",
@@ -30,12 +34,4 @@ _EXPORTS = {
     "run": "executors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'loraplus_lab.sims.sweep' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"loraplus_lab.sims.sweep.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,9 +1,10 @@
-"""Jobs: a sweep spec expands into independent chunks of the vectorised grid.
+"""Jobs of toy sweeps: a spec expands into independent chunks of the vectorised grid.
 
-A job is one width × one initialisation × a chunk of at most ``spec.chunk`` rate
-configurations × every seed, run by :func:`loraplus_lab.sims.toy.simulate_batch` in one batch. Its
-identity is the SHA-256 of its normalised configuration (everything that determines its results),
-so a rerun recognises finished jobs whatever order they ran in and never runs one twice.
+A job (:class:`ToyJob`, a :class:`~loraplus_lab.sims.sweep.kinds.Job` of the toy kind) is one
+width × one initialisation × a chunk of at most ``spec.chunk`` rate configurations × every seed,
+run by :func:`loraplus_lab.sims.toy.simulate_batch` in one batch. Its identity is the SHA-256 of
+its normalised configuration (everything that determines its results), so a rerun recognises
+finished jobs whatever order they ran in and never runs one twice.
 
 Jobs run with one torch thread: the bits of a matrix product can depend on how many threads
 split it, and results must be identical whichever executor (and however many workers) ran them.
@@ -16,22 +17,19 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from loraplus_lab import sims
 from loraplus_lab.sims.params import Parametrization
-from loraplus_lab.sims.sweep.spec import SweepSpec
-
-#: Bump when the simulator's results change for the same configuration: old stores then refuse
-#: to mix with new results instead of silently doing so.
-ENGINE_VERSION = 4  # 4: single-sample Adam/AdamW in the compiled kernel (round-off changes)
+from loraplus_lab.sims.sweep.spec import KIND, SweepSpec, parse_spec
+from loraplus_lab.sims.toy.engine import ENGINE_VERSION
 
 
 @dataclass(frozen=True)
-class Job:
+class ToyJob:
     """One chunk of the grid: a width, an initialisation, some configurations, all seeds."""
 
     index: int
@@ -76,17 +74,38 @@ class Job:
         return run_job(self)
 
 
-def expand(spec: SweepSpec) -> list[Job]:
+def expand(spec: SweepSpec) -> list[ToyJob]:
     """All jobs of a spec, in a fixed order (width, initialisation, chunk)."""
-    jobs: list[Job] = []
+    jobs: list[ToyJob] = []
     inits = sorted({p.init for p in spec.parametrizations})
     for width in spec.widths:
         for init in inits:
             group = [p for p in spec.parametrizations if p.init == init]
             for start in range(0, len(group), spec.chunk):
                 chunk = tuple(group[start : start + spec.chunk])
-                jobs.append(Job(len(jobs), width, init, chunk, spec))
+                jobs.append(ToyJob(len(jobs), width, init, chunk, spec))
     return jobs
+
+
+class ToyKind:
+    """The job kind of toy sweeps (see :mod:`loraplus_lab.sims.sweep.kinds`): the store keeps
+    the TOML text as ``spec.toml``; a spec expands into the jobs of :func:`expand`."""
+
+    name = KIND
+    spec_file = "spec.toml"
+
+    def load_spec(self, text: str, path: str) -> SweepSpec:
+        """:func:`~loraplus_lab.sims.sweep.spec.parse_spec`."""
+        return parse_spec(text, path)
+
+    def jobs(self, spec: SweepSpec, store_path: Path) -> list[ToyJob]:
+        """The spec's jobs (:func:`expand`); they return their rows and write nothing else, so
+        ``store_path`` is not needed."""
+        return expand(spec)
+
+
+#: The toy kind, built into the sweep engine.
+TOY_KIND = ToyKind()
 
 
 @contextmanager
@@ -100,7 +119,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_job(job: Job) -> pd.DataFrame:
+def run_job(job: ToyJob) -> pd.DataFrame:
     """Simulate one job; returns its tidy rows (see
     :func:`loraplus_lab.sims.toy.simulate_batch`)."""
     from loraplus_lab.sims.toy import simulate_batch
@@ -125,18 +144,3 @@ def run_job(job: Job) -> pd.DataFrame:
     df.attrs = {}
     df.insert(0, "job", job.key)
     return df
-
-
-def versions() -> dict[str, str]:
-    """Versions of the package and the libraries its results depend on."""
-    import numpy
-    import scipy
-
-    return {
-        "loraplus-lab": sims.__version__,
-        "engine": str(ENGINE_VERSION),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "pandas": pd.__version__,
-        "torch": torch.__version__,
-    }

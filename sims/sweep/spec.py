@@ -1,7 +1,7 @@
 """Sweep specifications: a TOML file that describes a width sweep of the toy, parsed and validated.
 
 A spec says which toy problem to train, at which widths and seeds, for how many steps, with which
-optimizer, and which learning-rate parametrizations (DESIGN.md §1) to compare. Each
+optimizer, and which learning-rate parametrizations (``docs/lora.md``) to compare. Each
 ``[[parametrizations]]`` entry may carry grids of base rates; it expands into one
 :class:`~loraplus_lab.sims.params.Parametrization` per grid point. Everything is checked before any
 work is done: a bad spec raises :class:`SpecError`, whose message is one line naming the file, the
@@ -60,7 +60,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -71,6 +71,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from loraplus_lab.sims import checks
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.params import (
     ALPHA_RULES,
     DEFAULT_N0,
@@ -79,9 +81,10 @@ from loraplus_lab.sims.params import (
     Parametrization,
     parse_exponent,
 )
+from loraplus_lab.theory.optimizers import OPTIMIZERS
 
-#: Optimizer names (those of :data:`loraplus_lab.sims.toy.optim.OPTIMIZERS`).
-OPTIMIZERS = ("gd", "signgd", "adam", "adamw")
+#: The job kind of toy sweeps (stored as ``"kind"`` in a store's ``spec.json``).
+KIND = "toy"
 #: Floating-point types of the simulation (those of :data:`loraplus_lab.sims.toy.simulate.DTYPES`).
 DTYPES = ("float64", "float32")
 #: Problem kinds and the options each takes, with their defaults (those of
@@ -153,7 +156,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _MAX_LOG2_WIDTH = 40
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A bad spec: the message is ONE line naming the file, the key and the bad value, e.g.
     ``"specs/x.toml: parametrizations[1].eta_a: rates must be positive, got -0.1"``.
 
@@ -164,7 +167,7 @@ class SpecError(ValueError):
     """
 
     def __init__(self, message: str, *, path: str = "", key: str = "") -> None:
-        super().__init__(" ".join(message.split()))
+        super().__init__(message)
         self.path = path
         self.key = key
 
@@ -221,11 +224,13 @@ class SweepSpec:
         """The spec as a canonical JSON-serialisable dictionary.
 
         Keys are sorted at every level; widths and seeds are sorted lists; exponents are strings
-        such as ``"-1/2"``; rates and other reals are floats; defaults are filled in. Equal specs,
-        however they were written, give equal dictionaries (and equal ``json.dumps`` text);
-        parametrizations keep their expansion order. :meth:`from_dict` reads it back.
+        such as ``"-1/2"``; rates and other reals are floats; defaults are filled in; ``kind`` is
+        ``"toy"``. Equal specs, however they were written, give equal dictionaries (and equal
+        ``json.dumps`` text); parametrizations keep their expansion order. :meth:`from_dict`
+        reads it back.
         """
         d = {
+            "kind": KIND,
             "name": self.name,
             "problem": self.problem,
             "problem_options": dict(self.problem_options),
@@ -250,7 +255,9 @@ class SweepSpec:
         ck = _Checker(path)
         if not isinstance(data, Mapping):
             ck.fail("", "a spec dictionary must be a mapping", data)
-        raw = {k: v for k, v in data.items() if k not in ("problem", "problem_options")}
+        if data.get("kind", KIND) != KIND:
+            ck.fail("kind", f'a toy sweep spec has kind "{KIND}"', data["kind"])
+        raw = {k: v for k, v in data.items() if k not in ("kind", "problem", "problem_options")}
         options = data.get("problem_options", {})
         if not isinstance(options, Mapping):
             ck.fail("problem_options", "must be a table", options)
@@ -269,7 +276,7 @@ class SweepSpec:
         """
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
-        return _job_memory_mb(
+        return estimate_job_memory_mb(
             width,
             min(self.chunk, len(self.parametrizations)),
             len(self.seeds),
@@ -339,18 +346,17 @@ class _Checker:
                 self.fail(_join(key, k), f"unknown key {k!r}", hint=hint)
 
     def integer(self, key: str, value: Any, minimum: int, what: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        try:
+            return checks.integer(key, value, minimum=minimum)
+        except InputError:
             self.fail(key, f"must be {what}", value)
-        return int(value)
 
-    def real(self, key: str, value: Any, *, positive: bool, what: str = "") -> float:
-        what = what or ("a positive number" if positive else "a non-negative number")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    def real(self, key: str, value: Any, *, positive: bool) -> float:
+        try:
+            return checks.real(key, value, positive=positive)
+        except InputError:
+            what = "a positive number" if positive else "a non-negative number"
             self.fail(key, f"must be {what}", value)
-        v = float(value)
-        if not math.isfinite(v) or v < 0 or (positive and v == 0):
-            self.fail(key, f"must be {what}", value)
-        return v
 
     def choice(self, key: str, value: Any, choices: tuple[str, ...], what: str) -> str:
         if isinstance(value, str) and value in choices:
@@ -611,19 +617,11 @@ def _expand(ck: _Checker, key: str, entry: dict[str, Any]) -> list[Parametrizati
     def k(name: str) -> str:
         return f"{key}.{name}"
 
-    if "preset" in entry:
-        for c in ("c_a", "c_b"):
-            if c in entry:
-                ck.fail(k(c), "give a preset or c_a and c_b, not both", entry[c])
+    if _single_or_pair(ck, k, entry, "preset", ("c_a", "c_b")):
         preset = ck.choice(k("preset"), entry["preset"], tuple(PRESETS), "preset")
         c_a, c_b = PRESETS[preset][:2]
         default_name = preset
     else:
-        if "c_a" not in entry and "c_b" not in entry:
-            ck.fail(k("preset"), "required: give a preset, or c_a and c_b")
-        for c, other in (("c_a", "c_b"), ("c_b", "c_a")):
-            if c not in entry:
-                ck.fail(k(c), f"required with {other}")
         c_a = _exponent(ck, k("c_a"), entry["c_a"])
         c_b = _exponent(ck, k("c_b"), entry["c_b"])
         default_name = f"c_A={c_a},c_B={c_b}"
@@ -638,22 +636,10 @@ def _expand(ck: _Checker, key: str, entry: dict[str, Any]) -> list[Parametrizati
         k("alpha_rule"), entry.get("alpha_rule", "lora"), ALPHA_RULES, "alpha rule"
     )
 
-    if "eta" in entry:
-        for e in ("eta_a", "eta_b"):
-            if e in entry:
-                ck.fail(
-                    k(e),
-                    "give eta (one rate for both factors) or eta_a and eta_b, not both",
-                    entry[e],
-                )
+    if _single_or_pair(ck, k, entry, "eta", ("eta_a", "eta_b")):
         etas = _rates(ck, k("eta"), entry["eta"])
         points = [((v, v), [("eta", v)] if len(etas) > 1 else []) for v in etas]
     else:
-        if "eta_a" not in entry and "eta_b" not in entry:
-            ck.fail(k("eta"), "required: give eta, or eta_a and eta_b")
-        for e, other in (("eta_a", "eta_b"), ("eta_b", "eta_a")):
-            if e not in entry:
-                ck.fail(k(e), f"required with {other} (or give eta for both)")
         grid_a = _rates(ck, k("eta_a"), entry["eta_a"])
         grid_b = _rates(ck, k("eta_b"), entry["eta_b"])
         points = []
@@ -684,6 +670,26 @@ def _expand(ck: _Checker, key: str, entry: dict[str, Any]) -> list[Parametrizati
         except ValueError as e:  # not reached: every field is checked above
             ck.fail(key, str(e))
     return out
+
+
+def _single_or_pair(
+    ck: _Checker, k: Callable[[str], str], entry: dict[str, Any], single: str, pair: tuple[str, str]
+) -> bool:
+    """Check that ``entry`` gives ``single`` (``preset``, ``eta``) or both keys of ``pair``
+    (``c_a`` and ``c_b``, ``eta_a`` and ``eta_b``), not both forms; whether it gives
+    ``single``."""
+    a, b = pair
+    if single in entry:
+        for key in pair:
+            if key in entry:
+                ck.fail(k(key), f"give {single}, or {a} and {b}, not both", entry[key])
+        return True
+    if a not in entry and b not in entry:
+        ck.fail(k(single), f"required: give {single}, or {a} and {b}")
+    for key, other in ((a, b), (b, a)):
+        if key not in entry:
+            ck.fail(k(key), f"required with {other} (or give {single})")
+    return False
 
 
 def _exponent(ck: _Checker, key: str, value: Any) -> Fraction:
@@ -738,7 +744,7 @@ def _rate(ck: _Checker, key: str, value: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- memory
-def _job_memory_mb(
+def estimate_job_memory_mb(
     width: int,
     configs: int,
     seeds: int,
@@ -746,6 +752,9 @@ def _job_memory_mb(
     options: Mapping[str, Any],
     dtype: str,
 ) -> float:
+    """Estimated peak memory (MiB) of one job: ``configs`` configurations × ``seeds`` seeds of
+    the problem with ``options`` at ``width`` for ``steps`` steps (see
+    :meth:`SweepSpec.job_memory_mb`)."""
     r = int(options.get("rank", 1))
     m = width if options.get("outputs", 1) == "n" else int(options.get("outputs", 1))
     N = int(options.get("samples", 1))
@@ -767,7 +776,7 @@ def _check_memory(ck: _Checker, spec: SweepSpec) -> None:
     seeds = len(spec.seeds)
 
     def fits(c: int) -> bool:
-        mb = _job_memory_mb(width, c, seeds, spec.steps, spec.problem_options, spec.dtype)
+        mb = estimate_job_memory_mb(width, c, seeds, spec.steps, spec.problem_options, spec.dtype)
         return mb <= limit
 
     plural = "s" if configs != 1 else ""

@@ -1,11 +1,12 @@
-"""The results store: a folder on local or shared disk.
+"""The results store: a folder on local or shared disk, for sweeps of any job kind.
 
 Layout::
 
-    DIR/spec.toml          the spec as written by the user
-    DIR/spec.json          the normalised spec; a different spec is refused, never mixed in
+    DIR/SPEC_FILE          the spec as written by the user (``spec.toml`` for toy sweeps; each
+                           kind names its file, see :mod:`loraplus_lab.sims.sweep.kinds`)
+    DIR/spec.json          the normalised spec with its ``kind``; a different spec is refused
     DIR/meta.json          versions, git commit, host, and one record per run (start, end, ...)
-    DIR/jobs/KEY.parquet   one file per finished job, KEY = hash of the job's configuration
+    DIR/jobs/KEY.parquet   one file per finished job, KEY = the job's hash id
 
 Why one Parquet file per job, written to a temporary name, synced to disk and renamed (then the
 folder synced, so that the rename itself survives a power cut): a rename within a folder is
@@ -15,6 +16,10 @@ needed (SQLite's locking is unreliable on network filesystems, the usual home of
 stores); a job that is done is simply a file that exists. Each file carries a SHA-256 of its
 content in its Parquet metadata, checked on every read, so a truncated or corrupted file is
 reported by name instead of silently dropped or mis-read.
+
+The store knows jobs only through the kind protocol: :meth:`Store.spec` parses the kept spec
+text with its kind, :meth:`Store.jobs` expands it. This module imports neither torch nor any
+kind's code.
 """
 
 from __future__ import annotations
@@ -23,21 +28,22 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from loraplus_lab.sims.sweep.jobs import Job, expand, versions
-from loraplus_lab.sims.sweep.spec import SweepSpec
+from loraplus_lab.sims.checks import InputError
+from loraplus_lab.sims.files import atomic_write, git_commit, remove_partial, versions
+from loraplus_lab.sims.sweep import kinds
 
 _HASH_KEY = b"loraplus.sha256"
+#: Where stores written before job kinds existed kept every kind's spec text.
+_LEGACY_SPEC_FILE = "spec.toml"
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that cannot be used: a different spec, a corrupted file, a missing folder."""
 
 
@@ -45,34 +51,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable by syncing the folder itself (where a folder can be
-    opened and synced: POSIX; elsewhere nothing to do)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # a filesystem that cannot sync a folder
-        pass
-    finally:
-        os.close(fd)
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2).encode()
 
 
 def content_hash(df: pd.DataFrame) -> str:
@@ -81,20 +61,6 @@ def content_hash(df: pd.DataFrame) -> str:
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()
-
-
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 class Store:
@@ -106,14 +72,15 @@ class Store:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike, spec: SweepSpec) -> Store:
-        """Open the store of ``spec`` at ``path``, creating it if needed.
+    def open_or_create(cls, path: str | os.PathLike, spec: Any) -> Store:
+        """Open the store of ``spec`` (a spec of any job kind) at ``path``, creating it if needed.
 
         Raises :class:`StoreError` if the folder holds a different spec, or is a non-empty
         folder that is not a store.
         """
         store = cls(path)
-        wanted = spec.to_dict()
+        wanted = {"kind": kinds.DEFAULT_KIND, **spec.to_dict()}
+        kind = kinds.get(wanted["kind"])
         if (store.path / "spec.json").exists():
             held = store.spec_dict()
             if held != wanted:
@@ -127,18 +94,19 @@ class Store:
         if store.path.exists() and any(store.path.iterdir()):
             raise StoreError(f"{store.path} is not empty and holds no sweep; choose another --out")
         store.jobs_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_bytes(store.path / "spec.toml", spec.source.encode())
+        atomic_write(store.path / kind.spec_file, spec.source)
         meta = {
             "name": spec.name,
+            "kind": kind.name,
             "created": _now(),
             "host": socket.gethostname(),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "versions": versions(),
             "runs": [],
         }
-        _atomic_bytes(store.path / "meta.json", json.dumps(meta, indent=2).encode())
+        atomic_write(store.path / "meta.json", _json(meta))
         # spec.json last: its presence marks a complete store skeleton
-        _atomic_bytes(store.path / "spec.json", json.dumps(wanted, indent=2).encode())
+        atomic_write(store.path / "spec.json", _json(wanted))
         return store
 
     @classmethod
@@ -151,17 +119,32 @@ class Store:
 
     # ------------------------------------------------------------------ contents
     def spec_dict(self) -> dict[str, Any]:
-        """The normalised spec the store was created with."""
+        """The normalised spec the store was created with (with its ``kind``; a store written
+        before kinds existed holds a toy sweep)."""
         try:
-            return json.loads((self.path / "spec.json").read_text())
+            held = json.loads((self.path / "spec.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise StoreError(f"{self.path / 'spec.json'} is unreadable: {e}") from None
+        if not isinstance(held, dict):
+            raise StoreError(f"{self.path / 'spec.json'} is not a JSON object")
+        held.setdefault("kind", kinds.DEFAULT_KIND)
+        return held
 
-    def spec(self) -> SweepSpec:
-        """The spec, parsed again from the stored ``spec.toml``."""
-        from loraplus_lab.sims.sweep.spec import parse_spec
+    def kind(self) -> kinds.JobKind:
+        """The job kind of the stored sweep."""
+        return kinds.get(self.spec_dict()["kind"])
 
-        return parse_spec((self.path / "spec.toml").read_text(), str(self.path / "spec.toml"))
+    def spec(self) -> Any:
+        """The spec, parsed again by its kind from the kept spec text."""
+        kind = self.kind()
+        path = self.path / kind.spec_file
+        if not path.is_file() and (self.path / _LEGACY_SPEC_FILE).is_file():
+            path = self.path / _LEGACY_SPEC_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise StoreError(f"{path} is unreadable: {e}") from None
+        return kind.load_spec(text, str(path))
 
     def meta(self) -> dict[str, Any]:
         """Versions, host, git commit and the record of every run."""
@@ -174,7 +157,7 @@ class Store:
         """Append a run record to ``meta.json`` (atomic rewrite; called by the driver only)."""
         meta = self.meta()
         meta["runs"].append(run)
-        _atomic_bytes(self.path / "meta.json", json.dumps(meta, indent=2).encode())
+        atomic_write(self.path / "meta.json", _json(meta))
 
     def done_keys(self) -> set[str]:
         """Keys of the jobs whose result file exists."""
@@ -184,11 +167,7 @@ class Store:
 
     def clean_partial(self) -> int:
         """Remove temporary files left by writers that died; returns how many."""
-        n = 0
-        for p in self.jobs_dir.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-            n += 1
-        return n
+        return remove_partial(self.jobs_dir) if self.jobs_dir.is_dir() else 0
 
     def write_job(self, key: str, df: pd.DataFrame) -> Path:
         """Write one job's rows atomically (temporary file, fsync, rename, fsync of the folder)."""
@@ -201,9 +180,7 @@ class Store:
         table = table.replace_schema_metadata(meta)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        path = self.jobs_dir / f"{key}.parquet"
-        _atomic_bytes(path, sink.getvalue().to_pybytes())
-        return path
+        return atomic_write(self.jobs_dir / f"{key}.parquet", sink.getvalue().to_pybytes())
 
     def read_job(self, key: str) -> pd.DataFrame:
         """One job's rows, checked against the hash stored with them."""
@@ -222,14 +199,9 @@ class Store:
             raise StoreError(f"{path} is corrupted: its content does not match its checksum")
         return df
 
-    def jobs(self) -> list[Job]:
-        """Every job of the stored spec, in order (toy sweeps, or real-model grids)."""
-        d = self.spec_dict()
-        if d.get("kind") == "finetune-grid":
-            from loraplus_lab.sims.realmodels.grid import jobs_from_dict
-
-            return jobs_from_dict(d, str(self.path))
-        return expand(self.spec())
+    def jobs(self) -> list[kinds.Job]:
+        """Every job of the stored spec, in order, as its kind expands it."""
+        return list(self.kind().jobs(self.spec(), self.path))
 
     def load(self) -> pd.DataFrame:
         """Every finished job's rows as one tidy DataFrame, in job order.

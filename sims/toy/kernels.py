@@ -31,6 +31,8 @@ import torch
 from numba import njit, prange
 from numba.extending import intrinsic
 
+from loraplus_lab.sims.checks import InputError
+
 #: Below this many elements in all the kernel runs on one thread (starting threads costs more).
 _PARALLEL = 1 << 15
 # Weight-decay modes of the kernel.
@@ -237,7 +239,7 @@ def _sum_outputs(
     za = np.empty((E, r), dtype) if features_out is None else features_out.numpy()
     gram = np.empty((E, 3), dtype) if gram_out is None else gram_out.numpy()
     if za.shape != (E, r) or gram.shape != (E, 3) or (gram_out is not None and r != 1):
-        raise ValueError("features_out must be (E, r) and gram_out (E, 3), for r = 1 only")
+        raise InputError("features_out must be (E, r) and gram_out (E, 3), for r = 1 only")
     return za, gram
 
 
@@ -254,7 +256,7 @@ def row_sums(
     E, r, n = A.shape
     S = x.shape[0]
     if E % S or x.shape[-1] != n or dA.shape != A.shape:
-        raise ValueError(f"shapes x {tuple(x.shape)}, A {tuple(A.shape)}, dA {tuple(dA.shape)}")
+        raise InputError(f"shapes x {tuple(x.shape)}, A {tuple(A.shape)}, dA {tuple(dA.shape)}")
     np_dtype = torch.empty((), dtype=A.dtype).numpy().dtype
     za, gram = _sum_outputs(E, r, np_dtype, features_out, gram_out)
     _threads(E, A.numel())
@@ -302,7 +304,7 @@ def adam_outer_step(
     E, r, n = A.shape
     S = x.shape[0]
     if E % S or x.shape[-1] != n or coef.shape != (E, r):
-        raise ValueError(f"shapes x {tuple(x.shape)}, coef {tuple(coef.shape)}, A {tuple(A.shape)}")
+        raise InputError(f"shapes x {tuple(x.shape)}, coef {tuple(coef.shape)}, A {tuple(A.shape)}")
     dtype = A.dtype
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     beta1, beta2 = betas
@@ -316,7 +318,7 @@ def adam_outer_step(
     mode = NO_DECAY if not weight_decay else (DECOUPLED_DECAY if decoupled else L2_DECAY)
     for a in (A, exp_avg, exp_avg_sq, step_out):
         if not a.is_contiguous() or a.shape != A.shape or a.dtype != dtype:
-            raise ValueError(
+            raise InputError(
                 "A, its moments and step_out must be contiguous, of one shape and dtype"
             )
     x, coef = x.to(dtype).contiguous(), coef.to(dtype).contiguous()
@@ -359,7 +361,7 @@ def toy_trajectories(
     E = S * C
     f64 = torch.float64
     if x.dtype != f64 or A0.shape != (S, n) or b0.shape != (S,) or R.shape != (S,):
-        raise ValueError("x, A0 (S, n), b0, R (S,) in float64")
+        raise InputError("x, A0 (S, n), b0, R (S,) in float64")
     beta1, beta2 = betas
     t = np.arange(1, steps + 1, dtype=np.float64)
     bc1 = 1.0 - np.array([beta1**k for k in t])  # each as torch's kernel forms it

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from loraplus_lab.sims.checks import InputError, nonnegative_int, positive_int
 from loraplus_lab.sims.params import check_init, lora_scale
 
 if TYPE_CHECKING:
@@ -51,12 +52,6 @@ if TYPE_CHECKING:
 ) = range(15)
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 _blas: ThreadpoolController | None = None
 
 
@@ -70,12 +65,6 @@ def one_blas_thread() -> Iterator[None]:
         _blas = ThreadpoolController()
     with _blas.limit(limits=1, user_api="blas"):
         yield
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _coupled_rows(seed: int, stream: int, rows: int, X: np.ndarray) -> np.ndarray:
@@ -151,7 +140,7 @@ class ToyProblem:
         inconsistent shape or non-finite value.
         """
         if (X_test is None) != (y_test is None):
-            raise ValueError("X_test and y_test go together")
+            raise InputError("X_test and y_test go together")
         arrays = {}
         named = [("X", X), ("y", y), ("W_star", W_star), ("A0", A0), ("B0", B0)]
         if X_test is not None:
@@ -159,9 +148,9 @@ class ToyProblem:
         for name, arr in named:
             a = np.array(arr, dtype=np.float64, copy=True)
             if a.ndim != 2:
-                raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
+                raise InputError(f"{name} must be a 2-D array, got shape {a.shape}")
             if not np.isfinite(a).all():
-                raise ValueError(f"{name} holds non-finite values")
+                raise InputError(f"{name} holds non-finite values")
             a.setflags(write=False)
             arrays[name] = a
         N, n = arrays["X"].shape
@@ -173,20 +162,20 @@ class ToyProblem:
             expected.update({"X_test": (n_test, n), "y_test": (n_test, m)})
         for name, shape in expected.items():
             if arrays[name].shape != shape:
-                raise ValueError(
+                raise InputError(
                     f"{name} has shape {arrays[name].shape}, expected {shape} "
                     f"(N={N} samples, width n={n}, m={m} outputs, rank r={r})"
                 )
         if min(N, n, m, r) < 1:
-            raise ValueError(f"empty dimension: N={N}, n={n}, m={m}, r={r}")
+            raise InputError(f"empty dimension: N={N}, n={n}, m={m}, r={r}")
         if r > n:
-            raise ValueError(f"rank r={r} is above the width n={n}")
+            raise InputError(f"rank r={r} is above the width n={n}")
         try:
             scale = float(scale)
         except (TypeError, ValueError):
-            raise ValueError(f"scale must be a positive number, got {scale!r}") from None
+            raise InputError(f"scale must be a positive number, got {scale!r}") from None
         if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+            raise InputError(f"scale must be a positive number, got {scale!r}")
         return cls(scale=scale, **arrays)
 
     @classmethod
@@ -205,8 +194,8 @@ class ToyProblem:
         shift ``|ζ| ∈ [0.5, 1.5]`` of random sign, so the initial residual ``U_0 = −ζ`` is Θ(1).
         Init[A]: ``A0 ~ N(0, 1/n)``, ``B0 = 0``; Init[B]: ``A0 = 0``, ``B0 ~ N(0, σ_B²)``.
         """
-        width = _check_positive_int("width", width)
-        seed = _check_seed(seed)
+        width = positive_int("width", width)
+        seed = nonnegative_int("seed", seed)
         check_init(init)
         x = _normal_rows(seed, _X, 1, width)
         W = _normal_rows(seed, _W, 1, width) / math.sqrt(width)
@@ -246,24 +235,24 @@ class ToyProblem:
         and makes the teacher's shift ``u (wᵀz)/√k`` (``w ~ N(0, I_k)``): the task is then
         learnable from ``N ≳ k`` samples at every width, which the test loss needs.
         """
-        width = _check_positive_int("width", width)
-        seed = _check_seed(seed)
-        rank = _check_positive_int("rank", rank)
-        samples = _check_positive_int("samples", samples)
+        width = positive_int("width", width)
+        seed = nonnegative_int("seed", seed)
+        rank = positive_int("rank", rank)
+        samples = positive_int("samples", samples)
         check_init(init)
         if outputs == "n":
             m = width
         else:
-            m = _check_positive_int("outputs", outputs)
+            m = positive_int("outputs", outputs)
         if rank > width:
-            raise ValueError(f"rank r={rank} is above the width n={width}")
+            raise InputError(f"rank r={rank} is above the width n={width}")
         for name, v in (("shift", shift), ("noise", noise)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+                raise InputError(f"{name} must be a non-negative number, got {v!r}")
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)):
-            raise ValueError(f"latent_dim must be a non-negative integer, got {latent_dim!r}")
+            raise InputError(f"latent_dim must be a non-negative integer, got {latent_dim!r}")
         if latent_dim < 0:
-            raise ValueError(f"latent_dim must be a non-negative integer, got {latent_dim!r}")
+            raise InputError(f"latent_dim must be a non-negative integer, got {latent_dim!r}")
         k = int(latent_dim)
         if k:
             E = _normal_rows(seed, _EMBED, k, width).T  # (n, k), columns prefix-stable in n
@@ -285,9 +274,9 @@ class ToyProblem:
             y = y + noise * np.random.default_rng([seed, _NOISE]).standard_normal((samples, m))
         test: dict[str, np.ndarray] = {}
         if isinstance(test_samples, bool) or not isinstance(test_samples, (int, np.integer)):
-            raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
+            raise InputError(f"test_samples must be a non-negative integer, got {test_samples!r}")
         if test_samples < 0:
-            raise ValueError(f"test_samples must be a non-negative integer, got {test_samples!r}")
+            raise InputError(f"test_samples must be a non-negative integer, got {test_samples!r}")
         if test_samples:
             if k:
                 Xt, t_test = inputs(_LATENT_TEST, int(test_samples))
@@ -335,7 +324,7 @@ class ToyProblem:
     def reduced(self) -> ReducedToy:
         """The exact 2-D reduction ``(z, b)`` of a rank-1 single-sample single-output problem."""
         if (self.samples, self.outputs, self.rank) != (1, 1, 1):
-            raise ValueError(
+            raise InputError(
                 "the reduced dynamics need N = m = r = 1, got "
                 f"N={self.samples}, m={self.outputs}, r={self.rank}"
             )
@@ -356,7 +345,7 @@ def _init_factors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Init[A]: ``A0 ~ N(0, 1/n)``, ``B0 = 0``. Init[B]: ``A0 = 0``, ``B0 ~ N(0, σ_B²)``."""
     if not (isinstance(sigma_b, (int, float)) and math.isfinite(sigma_b) and sigma_b > 0):
-        raise ValueError(f"sigma_b must be a positive number, got {sigma_b!r}")
+        raise InputError(f"sigma_b must be a positive number, got {sigma_b!r}")
     if init == "A":
         return _coupled_rows(seed, _A, rank, X), np.zeros((m, rank))
     return np.zeros((rank, X.shape[1])), sigma_b * _normal_rows(seed, _B, m, rank)

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -14,6 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from loraplus_lab.sims.checks import InputError, nonnegative_int, positive, positive_int
 from loraplus_lab.sims.params import Parametrization
 from loraplus_lab.sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, run_batch
 from loraplus_lab.sims.toy.optim import OptimizerConfig
@@ -26,28 +26,12 @@ PROBLEMS: dict[str, Callable[..., ToyProblem]] = {
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_rate(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return v
-
-
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if dtype in DTYPES:
         return DTYPES[dtype]
-    raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
 def _stack(problems: Sequence[ToyProblem], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -98,10 +82,10 @@ def simulate(
     ``diverged_step``.
     """
     if not isinstance(problem, ToyProblem):
-        raise ValueError(f"problem must be a ToyProblem, got {type(problem).__name__}")
-    steps = _positive_int("steps", steps)
-    eta_a = _positive_rate("eta_a", eta_a)
-    eta_b = _positive_rate("eta_b", eta_b)
+        raise InputError(f"problem must be a ToyProblem, got {type(problem).__name__}")
+    steps = positive_int("steps", steps)
+    eta_a = positive("eta_a", eta_a)
+    eta_b = positive("eta_b", eta_b)
     opt = OptimizerConfig(optimizer, betas, eps, weight_decay)
     dt = _dtype(dtype)
     X, R, A0, B0 = _stack([problem], dt)
@@ -183,39 +167,38 @@ def simulate_batch(
         step``, the statistics of :data:`STATS`, ``diverged`` and ``diverged_step``. The full
         configuration is in ``df.attrs["config"]``.
     """
-    widths = [_positive_int("width", w) for w in widths]
+    widths = [positive_int("width", w) for w in widths]
     seeds = list(seeds)
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {s!r}")
+        nonnegative_int("seed", s)
     params = list(parametrizations)
     if not widths:
-        raise ValueError("widths is empty")
+        raise InputError("widths is empty")
     if not seeds:
-        raise ValueError("seeds is empty")
+        raise InputError("seeds is empty")
     if not params:
-        raise ValueError("no parametrization given")
+        raise InputError("no parametrization given")
     for p in params:
         if not isinstance(p, Parametrization):
-            raise ValueError(f"expected a Parametrization, got {p!r}")
+            raise InputError(f"expected a Parametrization, got {p!r}")
     names = [p.name for p in params]
     if len(set(names)) != len(names):
-        raise ValueError(f"parametrization names must be unique, got {names}")
-    steps = _positive_int("steps", steps)
+        raise InputError(f"parametrization names must be unique, got {names}")
+    steps = positive_int("steps", steps)
     if chunk is not None:
-        chunk = _positive_int("chunk", chunk)
+        chunk = positive_int("chunk", chunk)
     if problem not in PROBLEMS:
-        raise ValueError(f"problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
+        raise InputError(f"problem must be one of {', '.join(PROBLEMS)}, got {problem!r}")
     opts = dict(problem_options or {})
     if problem == "paper" and opts.keys() - {"sigma_b"}:
-        raise ValueError(f"the paper toy takes no option {sorted(opts.keys() - {'sigma_b'})}")
+        raise InputError(f"the paper toy takes no option {sorted(opts.keys() - {'sigma_b'})}")
     opt = OptimizerConfig(optimizer, betas, eps, weight_decay)
     dt = _dtype(dtype)
     factory = PROBLEMS[problem]
     for w in widths:  # fail early, before any work, on a rank above a width
         rank = int(opts.get("rank", 1))
         if rank > w:
-            raise ValueError(f"rank r={rank} is above the width n={w}")
+            raise InputError(f"rank r={rank} is above the width n={w}")
 
     inits = sorted({p.init for p in params})
     if progress is None:
@@ -250,9 +233,7 @@ def simulate_batch(
                             R,
                             A0,
                             B0,
-                            torch.tensor([p.scale(rank) for p in part], dtype=torch.float64),
-                            torch.tensor([p.rate_a(width) for p in part], dtype=torch.float64),
-                            torch.tensor([p.rate_b(width) for p in part], dtype=torch.float64),
+                            *rate_tensors(part, width, rank),
                             steps,
                             opt,
                             divergence_bound=divergence_bound,
@@ -266,22 +247,52 @@ def simulate_batch(
     finally:
         bar.close()
     df = concat_ordered(frames, params)
-    df.attrs["config"] = {
-        "widths": widths,
-        "seeds": seeds,
+    df.attrs["config"] = batch_config(
+        widths, params, seeds, steps, problem, opts, opt, dt, divergence_bound, chunk
+    )
+    return df
+
+
+def batch_config(
+    widths: Sequence[int],
+    params: Sequence[Parametrization],
+    seeds: Sequence[int],
+    steps: int,
+    problem: str,
+    problem_options: Mapping[str, Any],
+    opt: OptimizerConfig,
+    dtype: torch.dtype,
+    divergence_bound: float,
+    chunk: int | None,
+) -> dict[str, Any]:
+    """The record of a :func:`simulate_batch` call (its ``df.attrs["config"]``): every input
+    that determines the results, JSON-friendly."""
+    return {
+        "widths": list(widths),
+        "seeds": list(seeds),
         "steps": steps,
         "problem": problem,
-        "problem_options": opts,
+        "problem_options": dict(problem_options),
         "optimizer": opt.name,
         "betas": list(opt.betas),
         "eps": opt.eps,
         "weight_decay": opt.weight_decay,
-        "dtype": str(dt).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),
         "divergence_bound": divergence_bound,
         "chunk": chunk,
         "parametrizations": [p.to_dict() for p in params],
     }
-    return df
+
+
+def rate_tensors(
+    params: Sequence[Parametrization], width: int, rank: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LoRA multiplier ``s`` and the rates ``η_A(n)``, ``η_B(n)`` of each parametrization at
+    ``width``, as the float64 tensors ``(scale, eta_a, eta_b)`` of a batched run."""
+    return tuple(
+        torch.tensor([f(p) for p in params], dtype=torch.float64)
+        for f in (lambda p: p.scale(rank), lambda p: p.rate_a(width), lambda p: p.rate_b(width))
+    )
 
 
 def concat_ordered(

@@ -9,8 +9,9 @@ Model at width ``n`` (input dimension ``d`` fixed, scalar output)::
     f  = w_outᵀ h2 / n
 
 with ``φ = ReLU``; ``Z_A = A h1`` and ``Z_B = s·B Z_A`` are the adapted layer's LoRA features
-(DESIGN.md §1 with ``W* = W_h`` and input ``h1``). Init: ``W_in ~ N(0, 2/d)``, ``W_h ~ N(0, 2/n)``,
-``w_out ~ N(0, 1)`` entrywise, so the coordinates of ``h1`` and ``h2`` are Θ(1) at every width.
+(``docs/lora.md`` with ``W* = W_h`` and input ``h1``). Init: ``W_in ~ N(0, 2/d)``,
+``W_h ~ N(0, 2/n)``, ``w_out ~ N(0, 1)`` entrywise, so the coordinates of ``h1`` and ``h2`` are
+Θ(1) at every width.
 
 **Readout.** ``f = w_outᵀh2/n`` is the μP readout: at initialisation ``f = O(n^{-1/2})`` (the
 ``n`` terms of ``w_outᵀh2`` are uncorrelated), and the output moves by Θ(1) only when the
@@ -47,7 +48,7 @@ step costs ``O(N·r·n)`` per configuration. Gradients by hand, with ``U = f −
 
     ∂L/∂B = s·Gᵀ Z_A        ∂L/∂A = s·(G B)ᵀ h1
 
-Since ``h1`` is frozen, ``ΔZ_B = δ¹ + δ² + δ³`` holds exactly (DESIGN.md §1, same input ``h1``).
+Since ``h1`` is frozen, ``ΔZ_B = δ¹ + δ² + δ³`` holds exactly (``docs/lora.md``, same input ``h1``).
 
 **Determinism.** Every contraction is an elementwise product followed by a sum over one axis,
 never a BLAS call (whose kernel, blocking and threading depend on the batch shape: a ``bmm``
@@ -62,17 +63,23 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from loraplus_lab.sims.checks import (
+    InputError,
+    nonnegative,
+    nonnegative_int,
+    positive,
+    positive_int,
+)
 from loraplus_lab.sims.params import Parametrization, check_init
 from loraplus_lab.sims.toy.engine import DEFAULT_DIVERGENCE_BOUND, STATS, lowrank_norms
 from loraplus_lab.sims.toy.optim import OptimizerConfig, OptimizerState, apply_update, reset_entries
-from loraplus_lab.sims.toy.simulate import concat_ordered, tidy_rows
+from loraplus_lab.sims.toy.simulate import concat_ordered, rate_tensors, tidy_rows
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DEFAULT_TEACHER_WIDTH = 32
@@ -643,23 +650,6 @@ def run_finetune(
 # public API
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
-    return int(value)
-
-
-def _non_negative(name: str, value: Any, strict: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if ok:
-        ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
-    if not ok:
-        kind = "a positive" if strict else "a non-negative"
-        raise ValueError(f"{name} must be {kind} number, got {value!r}")
-    return float(value)
-
-
 def _chunks(count: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, count)) for i in range(0, count, size)]
 
@@ -747,49 +737,49 @@ def simulate_twolayer(
         like ``η_A·n`` (``za_mean_abs``). The LoRA+ point, ``η_A = Θ(1/n)`` with ``η_B = Θ(1)``,
         is the Z_A-stable end of that floor; a plain argmin over the grid wanders along it.
     """
-    widths = [_positive_int("width", w) for w in widths]
+    widths = [positive_int("width", w) for w in widths]
     if not widths:
-        raise ValueError("widths is empty")
-    seeds = [_positive_int("seed", s, minimum=0) for s in seeds]
+        raise InputError("widths is empty")
+    seeds = [nonnegative_int("seed", s) for s in seeds]
     if not seeds:
-        raise ValueError("seeds is empty")
+        raise InputError("seeds is empty")
     params = list(parametrizations)
     if not params:
-        raise ValueError("no parametrization given")
+        raise InputError("no parametrization given")
     for p in params:
         if not isinstance(p, Parametrization):
-            raise ValueError(f"expected a Parametrization, got {p!r}")
+            raise InputError(f"expected a Parametrization, got {p!r}")
         check_init(p.init)
     names = [p.name for p in params]
     if len(set(names)) != len(names):
-        raise ValueError(f"parametrization names must be unique, got {names}")
-    steps = _positive_int("steps", steps)
-    rank = _positive_int("rank", rank)
+        raise InputError(f"parametrization names must be unique, got {names}")
+    steps = positive_int("steps", steps)
+    rank = positive_int("rank", rank)
     for w in widths:
         if rank > w:
-            raise ValueError(f"rank r={rank} is above the width n={w}")
-    samples = _positive_int("samples", samples)
-    test_samples = _positive_int("test_samples", test_samples, minimum=0)
-    input_dim = _positive_int("input_dim", input_dim)
-    pretrain_steps = _positive_int("pretrain_steps", pretrain_steps, minimum=0)
-    pretrain_samples = _positive_int("pretrain_samples", pretrain_samples)
-    teacher_width = _positive_int("teacher_width", teacher_width)
-    shift = _non_negative("shift", shift)
-    noise = _non_negative("noise", noise)
-    pretrain_lr = _non_negative("pretrain_lr", pretrain_lr, strict=True)
-    sigma_b = _non_negative("sigma_b", sigma_b, strict=True)
-    divergence_bound = _non_negative("divergence_bound", divergence_bound, strict=True)
+            raise InputError(f"rank r={rank} is above the width n={w}")
+    samples = positive_int("samples", samples)
+    test_samples = nonnegative_int("test_samples", test_samples)
+    input_dim = positive_int("input_dim", input_dim)
+    pretrain_steps = nonnegative_int("pretrain_steps", pretrain_steps)
+    pretrain_samples = positive_int("pretrain_samples", pretrain_samples)
+    teacher_width = positive_int("teacher_width", teacher_width)
+    shift = nonnegative("shift", shift)
+    noise = nonnegative("noise", noise)
+    pretrain_lr = positive("pretrain_lr", pretrain_lr)
+    sigma_b = positive("sigma_b", sigma_b)
+    divergence_bound = positive("divergence_bound", divergence_bound)
     opt = OptimizerConfig(optimizer, betas, eps, weight_decay)
     names = {v: k for k, v in DTYPES.items()}
     if isinstance(dtype, torch.dtype) and dtype in names:
         dtype = names[dtype]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     for p in params:
         for w in widths:
             for name, rate in (("eta_a", p.rate_a(w)), ("eta_b", p.rate_b(w))):
                 if not (math.isfinite(rate) and rate > 0):
-                    raise ValueError(f"{name} of {p.name!r} at width {w} is {rate!r}")
+                    raise InputError(f"{name} of {p.name!r} at width {w} is {rate!r}")
 
     datas = [
         task_data(
@@ -856,9 +846,7 @@ def simulate_twolayer(
                         sub = group[cs]
                         out = run_finetune(
                             part,
-                            torch.tensor([p.scale(rank) for p in sub], dtype=torch.float64),
-                            torch.tensor([p.rate_a(width) for p in sub], dtype=torch.float64),
-                            torch.tensor([p.rate_b(width) for p in sub], dtype=torch.float64),
+                            *rate_tensors(sub, width, rank),
                             steps,
                             opt,
                             divergence_bound=divergence_bound,
