@@ -665,23 +665,35 @@ def _rates_csv(path: Path) -> Path:
     return path / "optima.csv"
 
 
-def test_cli_finetune_takes_its_rates_from_a_transfer(assets, tmp_path, capsys):
-    """--rates-from: η_A and λ predicted at the model's width (hidden_size 32) from per-width
-    optima, recorded in config.json and rates_from.json."""
+def test_cli_finetune_takes_its_rates_from_a_transfer(assets, tmp_path, capsys, monkeypatch):
+    """--rates-from: η_A and λ predicted at the model's width (hidden_size 32, read from its
+    configuration) from per-width optima reach the finetune (here a stand-in that records what
+    it is given: the real one is tested above) and are recorded in rates_from.json."""
+    import loraplus_lab.sims.realmodels.finetune as ft_module
     from loraplus_lab.sims.cli import main
 
+    given = {}
+
+    def fake_finetune(model, task, *, out, lr, ratio, **kw):
+        given.update(lr=lr, ratio=ratio)
+        return {"out": str(out), "lr": lr, "ratio": ratio}
+
+    monkeypatch.setattr(ft_module, "finetune", fake_finetune)
     table, out = _rates_csv(tmp_path), tmp_path / "run"
     argv = ["finetune", "--model", str(assets["roberta"]), "--task", str(assets["csv"]),
-            "--out", str(out), "--steps", "1", "--batch-size", "8", "--offline", "--json",
-            "--bf16", "off", "--rates-from", str(table)]  # fmt: skip
+            "--out", str(out), "--steps", "1", "--offline", "--json",
+            "--rates-from", str(table)]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["eta_a"] == pytest.approx(2.0**-3, rel=1e-9)  # 2 − log2 32 = −3
-    assert cfg["eta_b"] == pytest.approx(2.0**-5, rel=1e-9)
+    assert given["lr"] == pytest.approx(2.0**-3, rel=1e-9)  # 2 − log2 32 = −3
+    assert given["ratio"] == pytest.approx(2.0**-2, rel=1e-9)  # η_B = 2^-5
     record = json.loads((out / "rates_from.json").read_text())
     assert record["width"] == 32 and "η_A = " in record["rule"]
     assert summary["rates_from"]["prediction"]["log2_ratio"] == pytest.approx(-2.0)
+    # --width overrides the model's
+    argv[argv.index("--out") + 1] = str(tmp_path / "run2")
+    assert main([*argv, "--width", "64"]) == 0
+    assert given["lr"] == pytest.approx(2.0**-4, rel=1e-9)
 
 
 @pytest.mark.parametrize(
