@@ -307,8 +307,10 @@ def _approach_row(j: int, width: float, t: Tuned, t_inf: Tuned, regret: float) -
     }
 
 
-#: The rate at which the finite-width optimum is expected to approach the limit's.
-EXPECTED_RATE = -0.5
+#: The expected slopes against log2 n: the optimum's distance from the limit's falls like
+#: n^-1/2 (the fluctuations of the seeds' norms), the cost of the limit's rates like n^-1 (a
+#: quadratic minimum).
+EXPECTED_RATES = {"distance": -0.5, "regret": -1.0}
 
 
 def approach_rate(
@@ -322,7 +324,8 @@ def approach_rate(
 ) -> dict[str, float]:
     """The slope of ``log2 RMS_sets(column)`` against ``log2 n`` over the widths ``≥
     min_width``, with a percentile bootstrap over the seed sets (resampled with replacement, the
-    same resample at every width). Returns ``slope, ci_low, ci_high, expected, widths, sets``."""
+    same resample at every width). Returns ``slope, ci_low, ci_high, expected`` (from
+    :data:`EXPECTED_RATES`, NaN for another column), ``widths, sets``."""
     t = table[np.isfinite(table["width"]) & (table["width"] >= min_width)]
     pivot = t.pivot(index="set", columns="width", values=column)
     X = pivot.to_numpy(float)  # (sets, widths)
@@ -335,21 +338,23 @@ def approach_rate(
     point = slope(np.arange(len(X)))
     lo = hi = float("nan")
     if len(X) >= 2:
-        res = stats.bootstrap(
-            (np.arange(len(X)),),
-            slope,
-            n_resamples=n_boot,
-            vectorized=False,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
+        with warnings.catch_warnings():  # a degenerate resample (one set repeated) is expected
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (np.arange(len(X)),),
+                slope,
+                n_resamples=n_boot,
+                vectorized=False,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return {
         "slope": point,
         "ci_low": lo,
         "ci_high": hi,
-        "expected": EXPECTED_RATE,
+        "expected": EXPECTED_RATES.get(column, float("nan")),
         "widths": len(x),
         "sets": len(X),
     }

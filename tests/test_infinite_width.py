@@ -71,11 +71,11 @@ def test_tuning_finds_a_stationary_minimum_below_every_grid_point() -> None:
 
 
 def test_approach_rate_fit() -> None:
-    """RMS over the sets of distances that fall exactly like n^-1/2 (each set its own constant):
-    slope −1/2 with an interval that collapses onto it."""
+    """RMS over the sets of distances that fall exactly like n^-1/2 and regrets like n^-1 (each
+    set its own constant): slopes −1/2 and −1, intervals that collapse onto them."""
     widths = [2.0**k for k in (8, 10, 12, 14)]
     rows = [
-        {"set": j, "width": w, "distance": (1 + j) * w**-0.5, "regret": 0.0}
+        {"set": j, "width": w, "distance": (1 + j) * w**-0.5, "regret": (2 + j) / w}
         for j in range(5)
         for w in widths
     ]
@@ -84,6 +84,8 @@ def test_approach_rate_fit() -> None:
     assert r["slope"] == pytest.approx(-0.5, abs=1e-12) and r["expected"] == -0.5
     assert r["ci_low"] == pytest.approx(-0.5, abs=1e-9) and r["ci_high"] == pytest.approx(-0.5)
     assert r["widths"] == 4 and r["sets"] == 5
+    r = iw.approach_rate(pd.DataFrame(rows), column="regret", n_boot=99)
+    assert r["slope"] == pytest.approx(-1.0, abs=1e-12) and r["expected"] == -1.0
 
 
 def test_the_finite_width_optimum_approaches_the_limit() -> None:

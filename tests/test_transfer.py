@@ -133,6 +133,12 @@ def test_intervals_cover_the_truth_at_their_nominal_rate(mode: str) -> None:
     assert np.all((coverage > 0.917) & (coverage < 0.983)), coverage
 
 
+def test_the_command_offers_the_predictors_modes() -> None:
+    from loraplus_lab.sims.cli import transfer as cli_transfer
+
+    assert cli_transfer.MODES == tr.MODES  # the command line lists them without importing pandas
+
+
 def test_small_sample_factor() -> None:
     # √(S/(S−1))·t_{S−1}/z: exact for the mean of S normal seeds
     assert tr.small_sample_factor(8) == pytest.approx(math.sqrt(8 / 7) * 2.364624 / 1.959964, 1e-5)
