@@ -342,6 +342,167 @@ def plot_loss_gap(
     return fig
 
 
+#: Short names of the transfer strategies (``loraplus_lab.sims.transfer.STRATEGIES``).
+STRATEGY_SHORT = {
+    "a": "(a) equal,\ncarried over",
+    "b": "(b) equal,\n∝ 1/n",
+    "c": "(c) λ = 16,\nη_A carried",
+    "d": "(d) theory\nexponents",
+    "e": "(e) fitted\nexponents",
+    "f": "(f) blend\n(default)",
+}
+_MODE_STYLE = {"theory": ("--", "d"), "free": (":", "e"), "blend": ("-", "f")}
+
+
+def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0.05) -> Figure:
+    """The transfer validation, one column per task (rows of ``figures.collect_transfer``).
+
+    Top: ``log2 η_A*`` (circles) and ``log2 η_B*`` (squares) against ``log2 n`` with percentile
+    intervals over the bootstrap replicates — filled at the proxies, open at the target (tuned
+    there directly) — and the rules fitted to the proxies extended to the target (dashed: the
+    theory's exponents, dotted: fitted, solid: blend). Bottom: each strategy's loss regret at the
+    target against tuning there (%, symmetric log scale) with its percentile interval; a hatched
+    bar reaching the top marks rates at which a seed diverged; the dashed line is ``goal``."""
+    tasks = list(dict.fromkeys(df["task"]))
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.4), squeeze=False)
+    for col, task in enumerate(tasks):
+        d = df[df["task"] == task]
+        ax = axes[0, col]
+        opt = d[d["kind"] == "optimum"].sort_values("width")
+        x = np.log2(opt["width"].to_numpy(float))
+        for k, (key, name) in enumerate((("log2_eta_a", "η_A*"), ("log2_eta_b", "η_B*"))):
+            y = opt[key].to_numpy(float)
+            err = np.abs(opt[[f"{key}_low", f"{key}_high"]].to_numpy(float).T - y)
+            for role, face, where in (
+                ("proxy", PALETTE[k], "at the proxies"),
+                ("target", "none", "tuned at the target"),
+            ):
+                m = (opt["role"] == role).to_numpy()
+                ax.errorbar(
+                    x[m], y[m], yerr=err[:, m], fmt=MARKERS[k], color=PALETTE[k], mfc=face,
+                    capsize=3, lw=1, ms=6, label=f"{name} {where}",
+                )  # fmt: skip
+        xs = np.linspace(x.min() - 0.3, x.max() + 0.3, 50)
+        for r in d[d["kind"] == "rule"].itertuples():
+            ls, key = _MODE_STYLE[r.mode]
+            for k, (c, s) in enumerate(((r.log2_c_a, r.a), (r.log2_c_b, r.b))):
+                ax.plot(xs, c + s * xs, ls, color=PALETTE[k], lw=1, alpha=0.8)
+        ax.set_xlabel("log2 width n")
+        ax.set_ylabel("log2 optimal rate")
+        ax.set_title(task, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if col == 0:
+            extra = [
+                plt.Line2D([], [], color="0.3", ls=_MODE_STYLE[m][0], label=f"rule: {m}")
+                for m in ("theory", "free", "blend")
+            ]
+            h, _ = ax.get_legend_handles_labels()
+            ax.legend(handles=h + extra, fontsize=6, loc="best")
+        ax = axes[1, col]
+        st = d[(d["kind"] == "strategy") & (d["strategy"] != "target")]
+        pos = np.arange(len(st))
+        reg = 100 * st["regret"].to_numpy(float)
+        lo = 100 * st["regret_low"].to_numpy(float)
+        hi = 100 * st["regret_high"].to_numpy(float)
+        finite = np.isfinite(reg)
+        shown = np.concatenate([reg[finite], hi[np.isfinite(hi)]])
+        top = max(10.0, float(np.max(shown, initial=10.0)) * 3)
+        colors = [PALETTE[2] if s in ("d", "e", "f") else PALETTE[7] for s in st["strategy"]]
+        ax.bar(pos[finite], reg[finite], color=np.array(colors, dtype=object)[finite], alpha=0.8)
+        for p in pos[~finite]:
+            ax.bar(p, top, color="none", edgecolor="#d62728", hatch="//", lw=1)
+            ax.text(p, top / 3, "diverged", rotation=90, ha="center", va="center", fontsize=7)
+        ok = finite & np.isfinite(lo)
+        hi_c = np.where(np.isfinite(hi), hi, top)
+        ax.errorbar(pos[ok], reg[ok], yerr=[reg[ok] - lo[ok], hi_c[ok] - reg[ok]], fmt="none",
+                    ecolor="k", capsize=3, lw=1)  # fmt: skip
+        for p, r, frac in zip(pos, reg, st["diverged"].to_numpy(float), strict=True):
+            if np.isfinite(r):
+                ax.text(p, max(r, 0) + 0.02, f"{r:.1f}%", ha="center", va="bottom", fontsize=6)
+            if 0 < frac < 1 and np.isfinite(r):
+                ax.text(p, top, f"{100 * frac:.0f}% of\nresamples\ndiverge", ha="center",
+                        va="top", fontsize=5, color="#d62728")  # fmt: skip
+        ax.axhline(100 * goal, color="0.3", ls="--", lw=0.8)
+        ax.set_yscale("symlog", linthresh=1.0)
+        low = np.concatenate([reg[finite], lo[np.isfinite(lo)]])
+        ax.set_ylim(bottom=min(-1.0, float(np.min(low, initial=0.0)) * 1.5), top=top)
+        ax.set_xticks(pos, [STRATEGY_SHORT.get(s, s) for s in st["strategy"]], fontsize=6)
+        t = st.iloc[0]
+        ax.set_ylabel("loss regret at the target [%]")
+        ax.set_title(
+            f"proxies n = {t['proxies']} → target n = {int(t['target'])}\n"
+            f"{int(t['seeds'])} seeds, {int(t['replicates'])} bootstrap replicates",
+            fontsize=8,
+        )
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_infinite_width(df: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """The paper's toy tuned at ``n = ∞`` (rows of ``figures.collect_infinite_width``).
+
+    Left: the limit's objective (log of the loss averaged over the steps, seed set 0) over the base
+    rates, with its optimum (star) and the optima of the finite widths (dots, ``log2 n`` beside).
+    Middle: the distance of each seed set's finite-width optimum from its limit optimum
+    (octaves; thin: one set; thick: the root mean square over the sets) with ``n^{-1/2}``
+    for reference. Right: what the limit's rates cost at width ``n`` (the objective there minus
+    the width's own optimum, i.e. the log of the loss ratio), with ``n^{-1}`` for reference."""
+    from loraplus_lab.sims.infinite_width import approach_rate
+
+    grid = df[df["kind"] == "landscape"]
+    app = df[df["kind"] == "approach"]
+    fig, axes = plt.subplots(1, 3, figsize=(13.2, 3.9))
+    ax = axes[0]
+    u = np.sort(grid["log2_eta_a"].unique())
+    v = np.sort(grid["log2_eta_b"].unique())
+    J = grid.pivot(index="log2_eta_a", columns="log2_eta_b", values="objective").loc[u, v]
+    Jm = J.to_numpy(float)
+    best = np.nanmin(Jm)
+    im = ax.pcolormesh(_edges(u), _edges(v), Jm.T, cmap="viridis", vmin=best, vmax=best + 3)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="log mean loss over the steps")
+    s0 = app[app["set"] == 0].sort_values("width")
+    lim = s0[~np.isfinite(s0["width"])].iloc[0]
+    fin = s0[np.isfinite(s0["width"])]
+    ax.plot(fin["log2_eta_a"], fin["log2_eta_b"], "o", color="w", ms=3)
+    for r in fin.itertuples():
+        ax.annotate(f"{np.log2(r.width):.0f}", (r.log2_eta_a, r.log2_eta_b), fontsize=6,
+                    color="w", xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.plot(lim["log2_eta_a"], lim["log2_eta_b"], "*", color="#d55e00", ms=13, mec="w")
+    ax.set_xlabel("log2 η̃_A  (η_A = η̃_A·n0/n)")
+    ax.set_ylabel("log2 η̃_B  (η_B = η̃_B)")
+    ax.set_title("n = ∞, seed set 0: the limit's optimum (star)\nand the finite widths' (log2 n)",
+                 fontsize=8)  # fmt: skip
+    for ax, col, ref, name in (
+        (axes[1], "distance", -0.5, "distance of the optimum from n = ∞ [octaves]"),
+        (axes[2], "regret", -1.0, "log loss at the limit's rates − at the width's own"),
+    ):
+        fa = app[np.isfinite(app["width"])]
+        for _, g in fa.groupby("set"):
+            g = g.sort_values("width")
+            ax.plot(g["width"], g[col].clip(lower=1e-12), "-", color="0.7", lw=0.6)
+        rms = np.sqrt(fa.groupby("width")[col].apply(lambda s: np.mean(s.to_numpy() ** 2)))
+        rate = approach_rate(app, column=col)
+        ax.plot(rms.index, rms.to_numpy(), "o-", color=PALETTE[0], lw=2,
+                label=f"RMS over {rate['sets']} sets: slope {rate['slope']:+.2f} "
+                f"[{rate['ci_low']:+.2f}, {rate['ci_high']:+.2f}]")  # fmt: skip
+        w0 = float(rms.index[0])
+        ax.plot(rms.index, rms.iloc[0] * (rms.index.to_numpy(float) / w0) ** ref, "--",
+                color="0.3", lw=1, label=f"n^{ref:+g}")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("width n")
+        ax.set_ylabel(name, fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_rate_curves(
     curves: pd.DataFrame,
     optima: pd.DataFrame | None = None,

@@ -59,6 +59,16 @@ EXPECTED = {
         "along the floor (columns within 25% of the best loss)",
         "• Equal-rate gap (L_equal − L*)/L* at the same resolution: Adam",
     ],
+    "06_transfer.ipynb": [
+        "FAST=True",
+        "rule (blend): η_A = ",
+        "distinct rate pairs run at n = ",
+        "goal (LoRA+ transfer ≤ 5% and below (a), (c)): (f)",
+        "linear, GD: proxies n = ",
+        "tuned at n = ∞, per seed set:",
+        "at n = 4096 (95% intervals):",
+        "exit status 0",
+    ],
 }
 
 
@@ -91,6 +101,11 @@ def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
         m = re.search(r"GD, c = -9/19, γ\[Z_B\] at t = 0\.\.6: (.*)$", text, re.M)
         assert m and m.group(1).split() == ["zero"] + [f"{k - 10}/19" for k in range(1, 7)]
         assert "identity: False" not in text and "closed form = 0: False" not in text
+    elif name.startswith("06"):
+        # the theory's rule is printed with its exponents, the limit's optimum is approached
+        assert "rule (theory): η_A = " in text and "n^-1.000, η_B = " in text
+        m = re.search(r"distance: ∝ n\^([+-]\d+\.\d+)", text)
+        assert m and float(m.group(1)) < 0, m and m.group(0)
     else:
         # under each optimizer LoRA+'s best base rate moves less with the width than that of
         # equal fixed rates (the fast grids are coarse, so only the comparison is asserted)
