@@ -5,12 +5,12 @@ averaged over seeds. The theory (``docs/exponents.md``) predicts for Adam-type o
 the best ``η_A`` shrinks like ``1/n``, the best ``η_B`` stays put, the best ratio
 ``λ* = η_B*/η_A*`` grows like ``n``, and the best loss reachable with equal rates falls behind
 the best overall as the width grows (measured on the linear task: under gradient descent it
-does; under Adam it does not, see ``figures/README.md``). This module locates the optimum
-robustly (a quadratic fit of ``log loss`` in a window around the grid minimum of a lightly
-smoothed surface, not a raw argmin), and fits the scaling of the optima against width with
-bootstrap confidence intervals over seeds: a free bootstrap that finds the optimum afresh in
-every resample, and beside it one anchored at the basin the full data selects (see
-:func:`scaling_fits`).
+does; under Adam no gap is resolved with 8 seeds, see ``figures/README.md``). This module
+locates the optimum robustly (a quadratic fit of ``log loss`` in a window around the grid
+minimum of a lightly smoothed surface, not a raw argmin), and fits the scaling of the optima
+against width with bootstrap confidence intervals over seeds: a free bootstrap that finds the
+optimum afresh in every resample, and beside it one anchored at the basin the full data selects
+(see :func:`scaling_fits`).
 """
 
 from __future__ import annotations
@@ -423,3 +423,277 @@ def find_optimum_scattered(
         return best
     value = a + b * xu + c * xv + d * xu**2 + e * xv**2 + f * xu * xv
     return Optimum(float(u0 + xu), float(v0 + xv), float(value), "quadratic", False)
+
+
+# ----------------------------------------------------------------------------- rate curves
+# The picture readers of learning-rate-transfer material expect: the loss against one base rate
+# η̃, one curve per width, for a rule that says how the rates change with the width. Under a rule
+# that scales the rates right the curves line up (their minima sit at the same η̃) and the best
+# loss does not rise with the width.
+
+
+@dataclass(frozen=True)
+class RateCurve:
+    """Loss along a line of base rates at one width: ``loss[s, k]`` for seed ``s`` at
+    ``log2_eta[k] = log2 η̃`` (NaN where that seed diverged), under one ``rule``."""
+
+    rule: str
+    width: int
+    log2_eta: np.ndarray
+    loss: np.ndarray
+    seeds: np.ndarray
+
+    def mean(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Mean over seeds (or the resampled seeds ``idx``); a diverged seed makes a rate NaN:
+        a rate counts only where every seed survives it."""
+        L = self.loss if idx is None else self.loss[idx]
+        return L.mean(axis=0)
+
+    def best(self, idx: np.ndarray | None = None) -> tuple[float, float]:
+        """``(log2 η̃*, L*)``: the grid minimum of the seed-mean curve (NaN, NaN if every rate
+        diverged)."""
+        m = self.mean(idx)
+        if not np.isfinite(m).any():
+            return float("nan"), float("nan")
+        k = int(np.nanargmin(m))
+        return float(self.log2_eta[k]), float(m[k])
+
+
+def rate_curves(df: pd.DataFrame, *, loss: str = "test_loss") -> list[RateCurve]:
+    """One :class:`RateCurve` per rule × width from tidy simulator rows at one step.
+
+    ``df`` needs the columns ``rule, width, log2_eta, seed, diverged`` and ``loss``
+    (:func:`loraplus_lab.sims.figures.collect_rate_curves` writes them); every rule × width must
+    hold the same seeds.
+    """
+    for c in ("rule", "width", "log2_eta", "seed", "diverged", loss):
+        if c not in df.columns:
+            raise ValueError(f"the results have no column {c!r}")
+    if df.empty:
+        raise ValueError("no rows")
+    seeds = np.sort(df["seed"].unique())
+    out = []
+    for (rule, width), g in df.groupby(["rule", "width"], sort=False):
+        etas = np.unique(np.round(g["log2_eta"].to_numpy(float), 9))
+        if len(etas) < 3:
+            raise ValueError(f"{rule} at width {width}: a curve needs at least 3 rates")
+        if not np.array_equal(np.sort(g["seed"].unique()), seeds):
+            raise ValueError(f"{rule} at width {width}: not every seed is there")
+        L = np.full((len(seeds), len(etas)), np.nan)
+        vals = np.where(g["diverged"].to_numpy(), np.nan, g[loss].to_numpy(float))
+        L[
+            np.searchsorted(seeds, g["seed"].to_numpy()),
+            np.searchsorted(etas, np.round(g["log2_eta"].to_numpy(float), 9)),
+        ] = vals
+        out.append(RateCurve(str(rule), int(width), etas, L, seeds))
+    return sorted(out, key=lambda c: (c.rule, c.width))
+
+
+def curve_table(curves: Sequence[RateCurve]) -> pd.DataFrame:
+    """The curves as a tidy table for plotting: ``rule, width, log2_eta, loss`` (seed mean,
+    NaN where a seed diverged), ``sem`` (standard error over seeds) and ``seeds``."""
+    rows = []
+    for c in curves:
+        m = c.mean()
+        sem = c.loss.std(axis=0, ddof=1) / np.sqrt(len(c.seeds)) if len(c.seeds) > 1 else 0 * m
+        for k, e in enumerate(c.log2_eta):
+            rows.append(
+                {
+                    "rule": c.rule,
+                    "width": c.width,
+                    "log2_eta": float(e),
+                    "loss": float(m[k]),
+                    "sem": float(sem[k]),
+                    "seeds": len(c.seeds),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _bootstrap(
+    statistic, n_seeds: int, n_boot: int, confidence: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of a vector statistic of resampled seed indices."""
+    low = high = np.full(len(statistic(np.arange(n_seeds))), np.nan)
+    if n_seeds >= 2:
+        with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (np.arange(n_seeds),),
+                statistic,
+                n_resamples=n_boot,
+                vectorized=False,
+                confidence_level=confidence,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            )
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    return np.asarray(low, float), np.asarray(high, float)
+
+
+def curve_optima(
+    curves: Sequence[RateCurve],
+    *,
+    reference: str | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per rule × width: the best base rate ``log2 η̃*`` and the best loss ``L*`` of the
+    seed-mean curve, with percentile bootstrap intervals over seeds (the same resampled seeds
+    for every curve, the minimum re-found in every resample).
+
+    With ``reference`` (a rule), also ``L* / L*_reference`` at the same width, with its interval:
+    how much worse (> 1) or better (< 1) the best of each rule is than the reference's best.
+    """
+    curves = list(curves)
+    _same_seeds(curves)
+    ref = {}
+    if reference is not None:
+        ref = {c.width: i for i, c in enumerate(curves) if c.rule == reference}
+        if not ref:
+            raise ValueError(f"no curve of the reference rule {reference!r}")
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        best = np.array([c.best(idx) for c in curves])
+        out = [best[:, 0], best[:, 1]]
+        if ref:
+            r = np.array([best[ref[c.width], 1] if c.width in ref else np.nan for c in curves])
+            out.append(best[:, 1] / r)
+        return np.concatenate(out)
+
+    point = statistic(np.arange(len(curves[0].seeds)))
+    low, high = _bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
+    k = len(curves)
+    table = pd.DataFrame(
+        {
+            "rule": [c.rule for c in curves],
+            "width": [c.width for c in curves],
+            "log2_eta": point[:k],
+            "log2_eta_low": low[:k],
+            "log2_eta_high": high[:k],
+            "best_loss": point[k : 2 * k],
+            "best_loss_low": low[k : 2 * k],
+            "best_loss_high": high[k : 2 * k],
+            "at_edge": [_curve_edge(c) for c in curves],
+        }
+    )
+    if ref:
+        table["vs_reference"] = point[2 * k :]
+        table["vs_reference_low"] = low[2 * k :]
+        table["vs_reference_high"] = high[2 * k :]
+    return table
+
+
+def transfer_fits(
+    curves: Sequence[RateCurve],
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per rule, least-squares slopes against ``log2 n`` of ``log2 η̃*`` (octaves the best base
+    rate moves per doubling of the width: 0 when the rate transfers) and of ``log2 L*`` (0 when
+    the best loss does not change with the width), with percentile bootstrap intervals over
+    seeds (the same resampled seeds at every width, each minimum re-found in every resample)."""
+    curves = list(curves)
+    _same_seeds(curves)
+    rules = list(dict.fromkeys(c.rule for c in curves))
+    groups = [[c for c in curves if c.rule == r] for r in rules]
+    for r, g in zip(rules, groups, strict=True):
+        if len(g) < 2:
+            raise ValueError(f"{r}: a slope against width needs at least two widths")
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        out = []
+        for g in groups:
+            x = np.log2([c.width for c in g])
+            best = np.array([c.best(idx) for c in g])
+            out += [_ols_slope(x, best[:, 0]), _ols_slope(x, np.log2(best[:, 1]))]
+        return np.array(out)
+
+    point = statistic(np.arange(len(curves[0].seeds)))
+    low, high = _bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
+    return pd.DataFrame(
+        {
+            "rule": rules,
+            "widths": [len(g) for g in groups],
+            "eta_slope": point[0::2],
+            "eta_low": low[0::2],
+            "eta_high": high[0::2],
+            "loss_slope": point[1::2],
+            "loss_low": low[1::2],
+            "loss_high": high[1::2],
+        }
+    )
+
+
+def _same_seeds(curves: Sequence[RateCurve]) -> None:
+    if not curves:
+        raise ValueError("no curves")
+    for c in curves:
+        if not np.array_equal(c.seeds, curves[0].seeds):
+            raise ValueError("every curve must have the same seeds")
+
+
+def _curve_edge(c: RateCurve) -> bool:
+    """Whether the seed-mean curve's minimum is its first or last surviving rate: then it is a
+    bound, not an estimate (the last one is where the runs start to diverge, or the grid's end)."""
+    m = c.mean()
+    finite = np.flatnonzero(np.isfinite(m))
+    if finite.size == 0:
+        return False
+    k = int(np.nanargmin(m))
+    return k in (finite[0], finite[-1])
+
+
+# ----------------------------------------------------------------------------- equal-rate gap
+def equal_rate_gap(
+    surfs: Sequence[Surface],
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per width: the best loss over every ``(η_A, η_B)`` evaluated (the surface and the
+    equal-rate line, which lies in the same plane), the best loss with equal rates, and the
+    relative gap ``(L_equal − L*)/L* ≥ 0``, each with a percentile bootstrap interval over seeds
+    (minima re-found in every resample)."""
+    surfs = list(surfs)
+    if not surfs:
+        raise ValueError("no surfaces")
+    for s in surfs:
+        if not np.array_equal(s.seeds, surfs[0].seeds):
+            raise ValueError("every width must have the same seeds")
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)
+        pair, equal = [], []
+        for s in surfs:
+            eq, _ = s.diagonal(idx)
+            M = s.mean(idx)
+            grid = np.nanmin(M) if np.isfinite(M).any() else np.nan
+            pair.append(np.nanmin([grid, eq]))
+            equal.append(eq)
+        pair, equal = np.array(pair), np.array(equal)
+        return np.concatenate([pair, equal, (equal - pair) / pair])
+
+    point = statistic(np.arange(len(surfs[0].seeds)))
+    low, high = _bootstrap(statistic, len(surfs[0].seeds), n_boot, confidence, seed)
+    k = len(surfs)
+    return pd.DataFrame(
+        {
+            "width": [s.width for s in surfs],
+            "best_pair": point[:k],
+            "best_pair_low": low[:k],
+            "best_pair_high": high[:k],
+            "best_equal": point[k : 2 * k],
+            "best_equal_low": low[k : 2 * k],
+            "best_equal_high": high[k : 2 * k],
+            "gap": point[2 * k :],
+            "gap_low": low[2 * k :],
+            "gap_high": high[2 * k :],
+        }
+    )

@@ -291,6 +291,18 @@ def test_tiny_ladder_end_to_end_then_kill_and_resume(tmp_path: Path, monkeypatch
     table = LA.optima_table(L, 16.0)
     assert len(table) == 2 and np.isfinite(table["best_loss"]).all()
 
+    # the rates the transfer rule fitted to this ladder predicts, run at every width
+    from loraplus_lab.sims.cli import main
+
+    pred = tmp_path / "predicted"
+    args = ["ladder", str(spec_path), "--rates-from", str(tmp_path / "whole"), "--out", str(pred)]
+    assert main([*args, "--executor", "serial", "--quiet"]) == 0
+    got = load(pred)
+    assert set(got["stage"]) == {"pretrain", "predicted"} and got.attrs["complete"]
+    assert got[got["part"] == "finetune"].groupby("width")["eta_a"].nunique().eq(1).all()
+    assert "[predicted]" in (pred / "spec.toml").read_text()
+    assert main(["ladder", "--resume", "--out", str(pred), "--quiet"]) == 0  # nothing left
+
     env = {**os.environ, "LORAPLUS_CACHE": str(tmp_path / "cache-b"), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "killed"
     bases = tmp_path / "cache-b" / "bases"

@@ -3,8 +3,8 @@ holds every package.
 
 The layer order, bottom to top (a module may import its own layer and those below it)::
 
-    theory → toy (with params and the shared helpers) → measure/landscape/plots → sweep
-           → realmodels → figures → cli
+    theory → toy (with params and the shared helpers) → measure/landscape/plots/infinite_width
+           → sweep → realmodels → transfer → figures → cli
 
 Imports are read from the source with ``ast`` (imports inside functions count: a lazy import is
 still a dependency), so nothing is imported to check them.
@@ -43,10 +43,16 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "measure",
-        ["loraplus_lab.sims.measure", "loraplus_lab.sims.landscape", "loraplus_lab.sims.plots"],
+        [
+            "loraplus_lab.sims.measure",
+            "loraplus_lab.sims.landscape",
+            "loraplus_lab.sims.plots",
+            "loraplus_lab.sims.infinite_width",
+        ],
     ),
     ("sweep", ["loraplus_lab.sims.sweep"]),
     ("realmodels", ["loraplus_lab.sims.realmodels"]),
+    ("transfer", ["loraplus_lab.sims.transfer"]),
     ("figures", ["loraplus_lab.sims.figures"]),
     ("cli", ["loraplus_lab.sims.cli"]),
 ]

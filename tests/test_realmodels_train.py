@@ -651,3 +651,75 @@ def test_cli_finetune_bad_input_exit_2_nothing_written(assets, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def _rates_csv(path: Path) -> Path:
+    """Per-width optima of a known law, log2 η_A* = 2 − log2 n, log2 η_B* = −5 (with standard
+    errors): at the tiny models' width 32 the rule predicts η_A = 2^-3, η_B = 2^-5, λ = 2^-2."""
+    rows = [
+        {"width": w, "log2_eta_a": 2 - math.log2(w), "log2_eta_b": -5.0,
+         "se_log2_eta_a": 0.05, "se_log2_eta_b": 0.05}
+        for w in (4, 8, 16)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(path / "optima.csv", index=False)
+    return path / "optima.csv"
+
+
+def test_cli_finetune_takes_its_rates_from_a_transfer(assets, tmp_path, capsys, monkeypatch):
+    """--rates-from: η_A and λ predicted at the model's width (hidden_size 32, read from its
+    configuration) from per-width optima reach the finetune (here a stand-in that records what
+    it is given: the real one is tested above) and are recorded in rates_from.json."""
+    import loraplus_lab.sims.realmodels.finetune as ft_module
+    from loraplus_lab.sims.cli import main
+
+    given = {}
+
+    def fake_finetune(model, task, *, out, lr, ratio, **kw):
+        given.update(lr=lr, ratio=ratio)
+        return {"out": str(out), "lr": lr, "ratio": ratio}
+
+    monkeypatch.setattr(ft_module, "finetune", fake_finetune)
+    table, out = _rates_csv(tmp_path), tmp_path / "run"
+    argv = ["finetune", "--model", str(assets["roberta"]), "--task", str(assets["csv"]),
+            "--out", str(out), "--steps", "1", "--offline", "--json",
+            "--rates-from", str(table)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert given["lr"] == pytest.approx(2.0**-3, rel=1e-9)  # 2 − log2 32 = −3
+    assert given["ratio"] == pytest.approx(2.0**-2, rel=1e-9)  # η_B = 2^-5
+    record = json.loads((out / "rates_from.json").read_text())
+    assert record["width"] == 32 and "η_A = " in record["rule"]
+    assert summary["rates_from"]["prediction"]["log2_ratio"] == pytest.approx(-2.0)
+    # --width overrides the model's
+    argv[argv.index("--out") + 1] = str(tmp_path / "run2")
+    assert main([*argv, "--width", "64"]) == 0
+    assert given["lr"] == pytest.approx(2.0**-4, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "1e-3"], "drop --lr"),
+        (["--lora"], "drop --lora"),
+        (["--width", "0"], "--width must be a positive width"),
+        (["--rates-from", "MISSING"], "does not exist"),
+    ],
+)
+def test_cli_finetune_rates_from_bad_input(assets, tmp_path, capsys, extra, message):
+    from loraplus_lab.sims.cli import main
+
+    table = _rates_csv(tmp_path)
+    if "MISSING" in extra:
+        extra = ["--rates-from", str(tmp_path / "nowhere")]
+        table = None
+    argv = ["finetune", "--model", str(assets["roberta"]), "--task", str(assets["csv"]),
+            "--out", str(tmp_path / "run"), "--steps", "1", "--offline",
+            *(["--rates-from", str(table)] if table else []), *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    # --width alone is refused too
+    assert main(["finetune", "--model", "m", "--task", "t", "--out", str(tmp_path / "r2"),
+                 "--width", "64"]) == 2  # fmt: skip
+    assert "--width goes with --rates-from" in capsys.readouterr().err

@@ -249,6 +249,18 @@ def widths(flag: str) -> Callable[[str], list[int]]:
     return _type(flag, parse_widths)
 
 
+def width(flag: str) -> Callable[[str], int]:
+    """``type=`` for one width: a positive integer (``4096``) or a power of two (``2^12``)."""
+
+    def parse(text: str) -> int:
+        w = _power(text)
+        if w < 1:
+            raise InputError(f"{flag} must be a positive width, got {text!r}")
+        return w
+
+    return _type(flag, parse)
+
+
 def seeds(flag: str) -> Callable[[str], list[int]]:
     """``type=`` of :func:`parse_seeds`."""
     return _type(flag, parse_seeds)

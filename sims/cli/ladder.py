@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ def add_parsers(sub: Any) -> None:
     ld.add_argument("--workers", type=a.positive_int("--workers"), help="default: all cores")
     ld.add_argument(
         "--boot", type=a.positive_int("--boot"), default=999, help="bootstrap resamples (999)"
+    )
+    ld.add_argument(
+        "--rates-from",
+        help="instead of a landscape, run each width at the rates the transfer rule fitted to "
+        "this store predicts for it (loraplus-lab transfer), every seed",
     )
     ld.add_argument("--json", action="store_true", help="print the tables as JSON")
     ld.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,8 +120,12 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     """Run (or resume) a ladder or a hub family, then print its analysis."""
     if args.spec is not None:
         spec = load_spec(args.spec)  # validated before torch is imported
+        if args.rates_from:
+            spec = _with_predictions(spec, args.rates_from)
         out = Path(args.out) if args.out else Path("results") / spec.name
     elif args.resume:
+        if args.rates_from:
+            raise UsageError("--rates-from goes with a spec file (the store keeps the rates)")
         if args.out is None:
             raise UsageError("--resume without a spec file needs --out, the ladder's folder")
         out = Path(args.out)
@@ -154,10 +164,67 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     return _print_analysis(out, spec, args.boot, args.json, summary)
 
 
+def _with_predictions(spec: Any, store: str) -> Any:
+    """The ladder ``spec`` with a ``[predicted]`` table: per width, the rates the transfer rule
+    fitted to ``store`` predicts (its source text gains the table, so the store keeps it)."""
+    from loraplus_lab.sims.cli.transfer import predict_from_store
+    from loraplus_lab.sims.realmodels.family import FamilySpec
+    from loraplus_lab.sims.realmodels.ladder import parse_ladder_spec
+
+    if isinstance(spec, FamilySpec):
+        raise UsageError("--rates-from runs a ladder spec; a family's models have fixed widths")
+    if spec.predicted:
+        raise UsageError(f"{spec.path} already has a [predicted] table; drop --rates-from")
+    rows = []
+    for w in spec.widths:
+        _, rule, p = predict_from_store(store, float(w))
+        rows.append(f'"{w}" = [{math.log2(p.eta_a):.6f}, {math.log2(p.eta_b):.6f}]')
+    text = spec.source.rstrip("\n") + (
+        f"\n\n[predicted]  # --rates-from {store}: {rule.formula()}\n" + "\n".join(rows) + "\n"
+    )
+    return parse_ladder_spec(text, spec.path)
+
+
+def _print_predicted(out: Path, spec: Any, as_json: bool) -> int:
+    """Per width: the predicted rates and the final loss they reach (seed mean, range)."""
+    from loraplus_lab.sims.sweep.store import load
+
+    df = load(out)
+    last = df[(df["part"] == "finetune") & (df["step"] == spec.finetune["steps"])]
+    rows = []
+    for w, g in last.groupby("width"):
+        u, v = spec.predicted[int(w)]
+        rows.append(
+            {
+                "width": int(w),
+                "log2_eta_a": u,
+                "log2_eta_b": v,
+                "final_loss": float(g["final_loss"].mean()),
+                "min": float(g["final_loss"].min()),
+                "max": float(g["final_loss"].max()),
+                "diverged": int(g["diverged"].sum()),
+                "seeds": len(g),
+            }
+        )
+    if as_json:
+        print(json.dumps({"path": str(out), "predicted": rows}, indent=2))
+        return 0
+    print("the predicted rates, run at every width (final loss: mean over seeds [min, max]):")
+    for r in rows:
+        print(
+            f"  n = {r['width']:>5}: log2 η_A {r['log2_eta_a']:+.2f}, log2 η_B "
+            f"{r['log2_eta_b']:+.2f} → {r['final_loss']:.4f} [{r['min']:.4f}, {r['max']:.4f}]"
+            f" over {r['seeds']} seeds, {r['diverged']} diverged"
+        )
+    return 0
+
+
 def _print_analysis(out: Path, spec: Any, n_boot: int, as_json: bool, summary: dict) -> int:
     from loraplus_lab.sims.realmodels import ladder_analysis as LA
     from loraplus_lab.sims.sweep.store import load
 
+    if getattr(spec, "predicted", None):
+        return _print_predicted(out, spec, as_json)
     df = load(out)
     ratio = spec.lines.get("ratio")
     tables = LA.analyze(df, ratio, n_boot=n_boot)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplus_lab.sims.cli import common as a
+from loraplus_lab.sims.cli import transfer
 from loraplus_lab.sims.cli.common import UsageError
 from loraplus_lab.sims.files import OutputDir, atomic_write, versions
 from loraplus_lab.sims.params import INITS
@@ -30,10 +31,8 @@ def add_parsers(sub: Any) -> None:
     ft.add_argument("--model", required=True, help="local model folder or Hub name")
     ft.add_argument("--task", required=True, help="glue/<name>, FILE.csv or FILE.jsonl")
     ft.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    ft.add_argument("--lr", type=a.positive_float("--lr"), default=1e-4, help="η_A (1e-4)")
-    ft.add_argument(
-        "--ratio", type=a.positive_float("--ratio"), default=16.0, help="λ = η_B/η_A (16)"
-    )
+    ft.add_argument("--lr", type=a.positive_float("--lr"), help="η_A (1e-4)")
+    ft.add_argument("--ratio", type=a.positive_float("--ratio"), help="λ = η_B/η_A (16)")
     ft.add_argument("--lora", action="store_true", help="plain LoRA: λ = 1")
     ft.add_argument("--policy", choices=("theory", "peft"), default="theory")
     ft.add_argument("--epochs", type=a.positive_float("--epochs"), help="training epochs (3)")
@@ -65,6 +64,7 @@ def add_parsers(sub: Any) -> None:
     ft.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ft.add_argument("--json", action="store_true", help="print the summary as JSON")
     ft.add_argument("--quiet", action="store_true", help="no progress bar")
+    transfer.add_rates_from(ft)
     ft.set_defaults(func=cmd_finetune)
 
     cc = sub.add_parser(
@@ -124,6 +124,7 @@ def _grid(args: argparse.Namespace) -> dict[str, list[float]] | None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune a real model with LoRA or LoRA+ (the paper's GLUE setting by default)."""
     grid = _grid(args)
+    rates = transfer.rates_from(args, args.model)  # --rates-from: η_A and λ at the model's width
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} is a file")
@@ -150,11 +151,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if grid is None:
         from loraplus_lab.sims.realmodels.finetune import finetune
 
-        ratio = 1.0 if args.lora else args.ratio
+        if rates is not None:
+            lr, ratio = rates["lr"], rates["ratio"]
+        else:
+            lr = 1e-4 if args.lr is None else args.lr
+            ratio = 1.0 if args.lora else 16.0 if args.ratio is None else args.ratio
         summary = finetune(
-            args.model, args.task, out=out, lr=args.lr, ratio=ratio, overwrite=args.overwrite,
+            args.model, args.task, out=out, lr=lr, ratio=ratio, overwrite=args.overwrite,
             progress=progress, **settings,
         )  # fmt: skip
+        if rates is not None:
+            summary = {**summary, "rates_from": rates["record"]}
+            atomic_write(out / "rates_from.json", json.dumps(rates["record"], indent=2))
     else:
         from loraplus_lab.sims.realmodels.grid import finetune_grid
 

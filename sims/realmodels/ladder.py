@@ -105,7 +105,7 @@ LADDER_VERSION = 1
 ARCHS = ("gpt2", "llama")
 DTYPES = ("float32", "float64", "bfloat16")
 DEVICES = ("cpu", "cuda")
-STAGES = ("pretrain", "coarse", "refine")
+STAGES = ("pretrain", "coarse", "refine", "predicted")
 
 _TOP = (
     "name",
@@ -122,6 +122,7 @@ _TOP = (
     "finetune",
     "grid",
     "lines",
+    "predicted",
 )
 _PRETRAIN = (
     "corpus",
@@ -198,6 +199,7 @@ class LadderSpec:
     finetune: dict[str, Any] = field(hash=False)
     grid: dict[str, Any] = field(hash=False)
     lines: dict[str, Any] = field(hash=False)
+    predicted: dict[int, tuple[float, float]] = field(default_factory=dict, hash=False)
     source: str = field(default="", compare=False, repr=False)
     path: str = field(default="", compare=False)
 
@@ -222,6 +224,8 @@ class LadderSpec:
             "grid": dict(self.grid),
             "lines": dict(self.lines),
         }
+        if self.predicted:
+            d["predicted"] = {str(w): list(p) for w, p in sorted(self.predicted.items())}
         return json.loads(json.dumps(d, sort_keys=True))
 
     # ------------------------------------------------------------------ derived settings
@@ -383,6 +387,23 @@ def parse_rates(ck: _Checker, raw: Mapping[str, Any]) -> tuple[dict, dict]:
     return g, ln
 
 
+def _predicted(ck: _Checker, value: Any, widths: tuple[int, ...]) -> dict[int, tuple]:
+    """``[predicted]``: one ``[log2 η_A, log2 η_B]`` per width (``--rates-from`` writes it)."""
+    if not isinstance(value, Mapping):
+        ck.fail("predicted", "must be a table of width = [log2 η_A, log2 η_B]", value)
+    out = {}
+    for k, v in value.items():
+        if not (k.isdigit() and int(k) in widths):
+            ck.fail(f"predicted.{k}", f"must be one of the widths {list(widths)}")
+        lo, hi = v if isinstance(v, list) and len(v) == 2 else (None, None)
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi)):
+            ck.fail(f"predicted.{k}", "must be [log2 η_A, log2 η_B]", v)
+        out[int(k)] = (float(lo), float(hi))
+    if out and set(out) != set(widths):
+        ck.fail("predicted", f"needs every width {list(widths)}", sorted(out))
+    return out
+
+
 def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
     from loraplus_lab.sims.realmodels.corpus import CorpusError, check_corpus_name
 
@@ -443,6 +464,7 @@ def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
             ck.fail("finetune.targets", "must be a non-empty list of module names", t)
 
     g, ln = parse_rates(ck, raw)
+    predicted = _predicted(ck, raw.get("predicted", {}), widths)
     spec = LadderSpec(
         name=name,
         arch=arch,
@@ -458,6 +480,7 @@ def _build(raw: dict[str, Any], ck: _Checker, source: str) -> LadderSpec:
         finetune={**ft, "alpha": float(ft["alpha"])},
         grid=g,
         lines=ln,
+        predicted=predicted,
         source=source,
         path=ck.path,
     )
@@ -683,6 +706,10 @@ def ladder_jobs(spec: LadderSpec, store_path: str | os.PathLike[str] | None = No
     the widest base is still pretraining."""
     widths = sorted(spec.widths)
     jobs: list = [PretrainJob(spec, w) for w in reversed(widths)]
+    if spec.predicted:  # the rates a transfer rule predicted: one run per width and seed
+        for w in widths:
+            jobs += [FinetuneJob(spec, w, s, "predicted", (spec.predicted[w],)) for s in spec.seeds]
+        return jobs
     coarse = spec.coarse_points()
     by_width: dict[int, list[FinetuneJob]] = {}
     for w in widths:
