@@ -37,8 +37,6 @@ from loraplus_lab.sims import measure
 from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.landscape import find_optimum_scattered
 
-#: The theory's slopes against log2 n (LoRA+ scaling: η_A* ∝ 1/n, η_B* ∝ 1, λ* ∝ n).
-PREDICTED = {"log2_eta_a": -1.0, "log2_eta_b": 0.0, "log2_ratio": 1.0}
 #: Half-width of the window around a predicted slope that counts as agreement.
 TOLERANCE = 0.3
 
@@ -257,6 +255,56 @@ def verdict(slope: float, low: float, high: float, predicted: float, tol: float 
     return measure.verdict(slope, False, predicted, ci_low=low, ci_high=high, tolerance=tol)
 
 
+def common_row(L: Landscapes, ratio: float | None = None, min_points: int = 5) -> float:
+    """The ``log2 η_B`` row on which every width ran at least ``min_points`` values of ``η_A``
+    (a row of the coarse grid) that lies nearest the widths' median ``log2 η_B*``: where to
+    read the best ``η_A`` at one fixed ``η_B``."""
+    shared = None
+    for u, v in zip(L.u, L.v, strict=True):
+        vals, counts = np.unique(np.round(v[np.isfinite(u)], 9), return_counts=True)
+        rows = set(vals[counts >= min_points])
+        shared = rows if shared is None else shared & rows
+    if not shared:
+        raise InputError(f"no η_B row has {min_points} runs at every width")
+    star = np.median([width_summary(L, i, np.ones(len(L.seeds)), ratio)["log2_eta_b"]
+                      for i in range(len(L.widths))])  # fmt: skip
+    rows = np.array(sorted(shared))
+    return float(rows[np.argmin(np.abs(rows - star))])
+
+
+def row_optimum(L: Landscapes, i: int, w: np.ndarray, v: float) -> float:
+    """``log2 η_A`` of the lowest seed-mean (weights ``w``) loss along the row ``log2 η_B = v``
+    of width ``i``, refined by the parabola through the best run and its two neighbours on the
+    row (the best run itself at the row's end or where the parabola is not convex)."""
+    mean = _mean(L.loss[i], w)
+    on = np.isfinite(L.u[i]) & np.isclose(L.v[i], v) & np.isfinite(mean)
+    u, loss = L.u[i][on], mean[on]
+    if u.size == 0:
+        return float("nan")
+    order = np.argsort(u)
+    u, loss = u[order], loss[order]
+    k = int(np.argmin(loss))
+    if 0 < k < u.size - 1:
+        (x0, x1, x2), (y0, y1, y2) = u[k - 1 : k + 2], loss[k - 1 : k + 2]
+        d = (x0 - x1) * (x0 - x2) * (x1 - x2)
+        a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / d
+        b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / d
+        if a > 0:
+            return float(-b / (2 * a))
+    return float(u[k])
+
+
+#: Every slope :func:`scaling_fits` reports: key → (what it is, the theory's slope or NaN).
+SLOPES = {
+    "log2_eta_a": ("log2 η_A*", -1.0),
+    "log2_eta_b": ("log2 η_B*", 0.0),
+    "log2_ratio": ("log2 λ*", 1.0),
+    "log2_product": ("log2 η_A*·η_B* (the valley)", -1.0),
+    "log2_eta_a_at_row": ("log2 η_A at a fixed η_B", -1.0),
+    "equal_log2_eta": ("log2 η of tuned equal rates", float("nan")),
+}
+
+
 def scaling_fits(
     L: Landscapes,
     ratio: float | None = None,
@@ -265,19 +313,32 @@ def scaling_fits(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Slopes against ``log2 n`` of ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` and of the
-    speed-up's ``log2``, with percentile intervals from the free bootstrap over seeds, the
-    predicted slopes and a verdict (:func:`verdict`)."""
+    """Slopes against ``log2 n`` of the quantities in :data:`SLOPES` — the optimum's
+    ``log2 η_A*``, ``log2 η_B*``, ``log2 λ*`` and ``log2 η_A*·η_B*``; the best ``log2 η_A``
+    along one fixed ``η_B`` row shared by every width (:func:`common_row`, column ``row``); the
+    tuned equal rate — with percentile intervals from the free bootstrap over seeds (the same
+    resamples for all), the theory's slope and a verdict (:func:`verdict`)."""
     if len(L.widths) < 2:
         raise InputError(f"scaling fits need at least two widths, got {len(L.widths)}")
     x = np.log2(L.widths.astype(float))
-    keys = ["log2_eta_a", "log2_eta_b", "log2_ratio"]
+    keys = list(SLOPES)
     S = len(L.seeds)
+    row = common_row(L, ratio)
 
     def statistic(idx: np.ndarray) -> np.ndarray:
         w = _weights(idx, S)
-        vals = np.array([[width_summary(L, i, w, ratio)[k] for i in range(len(x))] for k in keys])
-        return np.array([_slope(x, row) for row in vals])
+        vals = np.empty((len(keys), len(x)))
+        for i in range(len(x)):
+            r = width_summary(L, i, w, ratio)
+            vals[:, i] = [
+                r["log2_eta_a"],
+                r["log2_eta_b"],
+                r["log2_ratio"],
+                r["log2_eta_a"] + r["log2_eta_b"],
+                row_optimum(L, i, w, row),
+                r["equal_log2_eta_a"],
+            ]
+        return np.array([_slope(x, v) for v in vals])
 
     point = statistic(np.arange(S))
     low = high = np.full(len(keys), np.nan)
@@ -296,14 +357,16 @@ def scaling_fits(
         low, high = res.confidence_interval.low, res.confidence_interval.high
     rows = []
     for k, key in enumerate(keys):
+        pred = SLOPES[key][1]
         rows.append(
             {
                 "quantity": key,
                 "slope": float(point[k]),
                 "ci_low": float(low[k]),
                 "ci_high": float(high[k]),
-                "predicted": PREDICTED[key],
-                "verdict": verdict(point[k], low[k], high[k], PREDICTED[key]),
+                "predicted": pred,
+                "verdict": verdict(point[k], low[k], high[k], pred) if pred == pred else "",
+                "row": row if key == "log2_eta_a_at_row" else np.nan,
             }
         )
     return pd.DataFrame(rows)
@@ -435,16 +498,11 @@ def finals_table(L: Landscapes, ratio: float | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def slices_table(finals: pd.DataFrame, optima: pd.DataFrame) -> pd.DataFrame:
-    """Per width, the runs along ``η_A`` on the row of ``η_B`` values nearest the optimum's
-    ``η_B*`` (the picture of loss against the rate, one curve per width)."""
-    out = []
-    for w, f in finals[np.isfinite(finals["log2_eta_a"])].groupby("width"):
-        v_star = float(optima.loc[optima["width"] == w, "log2_eta_b"].iloc[0])
-        rows_v = f["log2_eta_b"].unique()
-        v = rows_v[np.argmin(np.abs(rows_v - v_star))]
-        out.append(f[np.isclose(f["log2_eta_b"], v)])
-    return pd.concat(out, ignore_index=True) if out else finals.iloc[:0]
+def slices_table(finals: pd.DataFrame, row: float) -> pd.DataFrame:
+    """Per width, the runs along ``η_A`` on the row ``log2 η_B = row`` (one row every width ran:
+    the picture of loss against the rate, one curve per width, at one fixed ``η_B``)."""
+    f = finals[np.isfinite(finals["log2_eta_a"]) & np.isclose(finals["log2_eta_b"], row)]
+    return f.reset_index(drop=True)
 
 
 def equal_line_table(finals: pd.DataFrame) -> pd.DataFrame:
@@ -455,18 +513,20 @@ def equal_line_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 def analyze(df: pd.DataFrame, ratio: float | None, *, n_boot: int = 999, seed: int = 0) -> dict:
     """Every table of a ladder's results: ``optima``, ``fits``, ``intervals``, ``curves``,
-    ``finals``, ``slices`` (along η_A at the best η_B), ``equal`` (the equal-rate line) and
-    ``pretrain``."""
+    ``finals``, ``slices`` (along η_A at the fixed η_B ``row``), ``equal`` (the equal-rate line)
+    and ``pretrain``."""
     L = landscapes(df)
     optima = optima_table(L, ratio)
     finals = finals_table(L, ratio)
+    row = common_row(L, ratio)
     return {
         "optima": optima,
         "fits": scaling_fits(L, ratio, n_boot=n_boot, seed=seed),
         "intervals": per_width_intervals(L, ratio, n_boot=n_boot, seed=seed),
         "curves": curves_table(L, ratio),
         "finals": finals,
-        "slices": slices_table(finals, optima),
+        "slices": slices_table(finals, row),
+        "row": row,
         "equal": equal_line_table(finals),
         "pretrain": pretrain_table(df, L),
         "seeds": len(L.seeds),
@@ -538,18 +598,16 @@ def report(tables: dict, ratio: float | None) -> str:
         )
     lines += [
         "",
-        "slopes against log2 n (theory: η_A* −1, η_B* 0, λ* +1; verdicts read the interval "
-        "against the prediction and a band of ±0.3 around it):",
+        "slopes against log2 n (verdicts read the interval against the theory's slope and a "
+        "band of ±0.3 around it):",
     ]
     for r in tables["fits"].itertuples():
-        lines.append(
-            f"  log2 {_NAMES_TEXT[r.quantity]}: {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "
-            f"→ {r.verdict}"
-        )
+        name = SLOPES[r.quantity][0]
+        if r.quantity == "log2_eta_a_at_row":
+            name += f" (log2 η_B = {r.row:g})"
+        theory = f"theory {r.predicted:+.0f} → {r.verdict}" if r.predicted == r.predicted else ""
+        lines.append(f"  {name}: {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]  {theory}")
     return "\n".join(lines)
-
-
-_NAMES_TEXT = {"log2_eta_a": "η_A*", "log2_eta_b": "η_B*", "log2_ratio": "λ*"}
 
 
 def _interval(iv: pd.DataFrame, width: int, key: str) -> tuple[float, float, float]:

@@ -186,11 +186,19 @@ def _iv(t: dict, width: int, key: str) -> tuple[float, float, float]:
 def measured_optima(df: pd.DataFrame) -> str:
     """The slopes of the optimal rates with their intervals and verdicts, in words."""
     t = tables(df)
-    parts = [
-        f"{name} {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] (theory {r.predicted:+.0f}: "
-        f"{r.verdict})"
-        for r, name in zip(t["fits"].itertuples(), ("η_A*", "η_B*", "λ*"), strict=True)
-    ]
+    f = t["fits"].set_index("quantity")
+    parts = []
+    for key in ("log2_eta_a", "log2_eta_b", "log2_ratio", "log2_product", "log2_eta_a_at_row"):
+        r = f.loc[key]
+        name = LA.SLOPES[key][0]
+        if key == "log2_eta_a_at_row":
+            name += f" = 2^{r.row:g}"
+        parts.append(
+            f"{name} {r.slope:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] (theory "
+            f"{r.predicted:+.0f}: {r.verdict})"
+        )
+    e = f.loc["equal_log2_eta"]
+    parts.append(f"tuned equal rates {e.slope:+.2f} [{e.ci_low:+.2f}, {e.ci_high:+.2f}]")
     return (
         "Measured slopes against log2 n, 95% percentile bootstrap over the "
         f"{t['seeds']} seeds with the optimum found afresh in every resample: "

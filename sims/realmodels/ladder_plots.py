@@ -126,8 +126,9 @@ def plot_rate_pictures(
     slices: pd.DataFrame, equal: pd.DataFrame, *, n0: int, axes: Sequence | None = None
 ) -> Figure:
     """The two pictures of rate transfer, one curve per width, the loss as the fraction of the
-    width's best gain given up. Left, LoRA+ scaling: the runs along ``η_A`` at the best ``η_B``
-    against ``log2 (η_A·n/n0)`` — the curves line up if ``η_A* ∝ 1/n``. Right, equal-rate
+    width's best gain given up. Left, LoRA+ scaling: the runs along ``η_A`` at one fixed
+    ``η_B`` against ``log2 (η_A·n/n0)`` — the curves line up if the best ``η_A`` falls like
+    ``1/n``. Right, equal-rate
     scaling: the runs with ``η_A = η_B`` against ``log2 (η·n/n0)`` — under the theory their
     optimum drifts with the width, since no single exponent serves both factors."""
     if axes is None:
@@ -142,8 +143,6 @@ def plot_rate_pictures(
             if s.empty:
                 continue
             label = f"n = {w}"
-            if data is slices:
-                label += f" (log2 η_B = {s['log2_eta_b'].iloc[0]:g})"
             ax.plot(
                 s["log2_eta_a"] + math.log2(w / n0),
                 s["lost"].clip(lower=1e-3),
@@ -159,7 +158,8 @@ def plot_rate_pictures(
         ax.set_xlabel(f"log2 ({what} · n/{n0})")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("fraction of the gain given up")
-    axes[0].set_title("LoRA+ scaling: η_A at the best η_B", fontsize=8)
+    row = slices["log2_eta_b"].iloc[0] if len(slices) else float("nan")
+    axes[0].set_title(f"LoRA+ scaling: η_A at a fixed η_B = 2^{row:g}", fontsize=8)
     axes[1].set_title("equal rates (plain LoRA)", fontsize=8)
     return fig
 
