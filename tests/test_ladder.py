@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,8 +216,33 @@ def test_analysis_recovers_known_scaling_with_covering_intervals() -> None:
         assert fits.loc[q, "slope"] == pytest.approx(truth, abs=0.05)
         assert fits.loc[q, "ci_low"] <= truth <= fits.loc[q, "ci_high"]
         assert fits.loc[q, "verdict"] == "agrees"
+    # the valley η_A*·η_B* and the best η_A on the fixed row log2 η_B = -5 (the bowl's v*)
+    assert fits.loc["log2_eta_a_at_row", "row"] == -5.0
+    for q in ("log2_product", "log2_eta_a_at_row"):
+        assert fits.loc[q, "slope"] == pytest.approx(-1.0, abs=0.05)
+        assert fits.loc[q, "verdict"] == "agrees"
+    # equal rates: the bowl's minimum on u = v is u* = (5 u*_A + 7 v*)/12, so slope -5/12
+    assert fits.loc["equal_log2_eta", "slope"] == pytest.approx(-5 / 12, abs=0.05)
     other = LA.scaling_fits(LA.landscapes(synthetic_rows(slope_a=0.0)), 16.0, n_boot=199)
-    assert other.set_index("quantity").loc["log2_eta_a", "verdict"] == "differs"
+    other = other.set_index("quantity")
+    assert other.loc["log2_eta_a", "verdict"] == "differs"
+    assert other.loc["log2_eta_a_at_row", "verdict"] == "differs"
+    assert other.loc["log2_eta_a_at_row", "slope"] == pytest.approx(0.0, abs=0.05)
+
+
+def test_real_ladder_report_checks_transfer_to_the_widest_width() -> None:
+    from loraplus_lab.sims.figures import report_real_ladder
+
+    text = report_real_ladder(synthetic_rows(noise=0.0005))
+    assert "transfer to the widest width (n = 256) from n = 32, 64, 128" in text
+    lines = {ln.strip()[:3]: ln for ln in text.splitlines() if ln.strip()[:1] == "("}
+    assert set(lines) >= {"(a)", "(b)", "(c)", "(d)", "(e)", "(f)"}
+    # the bowl's optimum moves exactly as the theory says: its exponents transfer it exactly
+    assert re.search(
+        r"LoRA\+ transfer, the theory's exponents: log2 η_A -9\.0\d, log2 η_B -5\.0", text
+    )
+    two = report_real_ladder(synthetic_rows(widths=(32, 64)))
+    assert two.endswith("transfer to the widest width: needs three widths or more")
 
 
 def test_speedup_and_hit_time() -> None:

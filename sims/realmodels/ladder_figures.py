@@ -198,7 +198,7 @@ def measured_optima(df: pd.DataFrame) -> str:
             f"{r.predicted:+.0f}: {r.verdict})"
         )
     e = f.loc["equal_log2_eta"]
-    parts.append(f"tuned equal rates {e.slope:+.2f} [{e.ci_low:+.2f}, {e.ci_high:+.2f}]")
+    parts.append(f"the best equal rate {e.slope:+.2f} [{e.ci_low:+.2f}, {e.ci_high:+.2f}]")
     return (
         "Measured slopes against log2 n, 95% percentile bootstrap over the "
         f"{t['seeds']} seeds with the optimum found afresh in every resample: "
