@@ -510,10 +510,13 @@ def curve_table(curves: Sequence[RateCurve]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bootstrap(
+def seed_bootstrap(
     statistic, n_seeds: int, n_boot: int, confidence: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of a vector statistic of resampled seed indices."""
+    """Percentile bootstrap interval (``confidence``, ``n_boot`` resamples, generator seeded
+    with ``seed``) of a vector ``statistic`` of resampled seed indices ``0 … n_seeds − 1``; NaN
+    with fewer than two seeds. Degenerate resamples are expected with few seeds and not warned
+    about."""
     low = high = np.full(len(statistic(np.arange(n_seeds))), np.nan)
     if n_seeds >= 2:
         with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
@@ -564,7 +567,7 @@ def curve_optima(
         return np.concatenate(out)
 
     point = statistic(np.arange(len(curves[0].seeds)))
-    low, high = _bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
+    low, high = seed_bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
     k = len(curves)
     table = pd.DataFrame(
         {
@@ -615,7 +618,7 @@ def transfer_fits(
         return np.array(out)
 
     point = statistic(np.arange(len(curves[0].seeds)))
-    low, high = _bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
+    low, high = seed_bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
     return pd.DataFrame(
         {
             "rule": rules,
@@ -681,7 +684,7 @@ def equal_rate_gap(
         return np.concatenate([pair, equal, (equal - pair) / pair])
 
     point = statistic(np.arange(len(surfs[0].seeds)))
-    low, high = _bootstrap(statistic, len(surfs[0].seeds), n_boot, confidence, seed)
+    low, high = seed_bootstrap(statistic, len(surfs[0].seeds), n_boot, confidence, seed)
     k = len(surfs)
     return pd.DataFrame(
         {

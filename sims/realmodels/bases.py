@@ -270,9 +270,17 @@ def pretrain_base(
 
 def load_base(folder: str | os.PathLike[str]) -> nn.Module:
     """A pretrained base from its folder (eval mode, float32, every parameter frozen)."""
+    from transformers.utils import logging as hf_logging
+
     from loraplus_lab.sims.realmodels.models import load_model
 
-    model = load_model(folder, task="causal-lm")
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per job would bury the ladder's own progress
+    try:
+        model = load_model(folder, task="causal-lm")
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -58,12 +58,7 @@ from loraplus_lab.sims.realmodels.ladder import (
     rate_config,
     refinement_patches,
 )
-from loraplus_lab.sims.sweep.spec import SpecError, _Checker, _seeds
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from loraplus_lab.sims.sweep.spec import SpecError, _Checker, _seeds, parse_toml
 
 KIND = "family"
 FAMILY_VERSION = 1
@@ -125,10 +120,7 @@ def parse_family_spec(text: str, path: str = "<spec>") -> FamilySpec:
     from loraplus_lab.sims.realmodels.data import check_task
 
     ck = _Checker(path)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}", path=path) from None
+    raw = parse_toml(text, path)
     ck.keys("", raw, _TOP)
     for key in ("models", "task", "seeds", "grid"):
         if key not in raw:

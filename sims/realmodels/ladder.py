@@ -92,12 +92,14 @@ from loraplus_lab.sims.realmodels.ladder_config import (
     check_width,
     default_cache,
 )
-from loraplus_lab.sims.sweep.spec import SpecError, _Checker, _pair, _seeds, _widths
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from loraplus_lab.sims.sweep.spec import (
+    _Checker,
+    _pair,
+    _seeds,
+    _widths,
+    parse_toml,
+    read_spec_text,
+)
 
 KIND = "ladder"
 #: Bump when a ladder job's results change for the same spec.
@@ -322,26 +324,12 @@ def rate_config(point: tuple[float, float]) -> RateConfig:
 # --------------------------------------------------------------------------------- parsing
 def load_ladder_spec(path: str | os.PathLike[str]) -> LadderSpec:
     """Read and validate a ladder spec file (:class:`SpecError` on any problem)."""
-    where = os.fspath(path)
-    try:
-        text = Path(where).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{where}: no such spec file", path=where) from None
-    except IsADirectoryError:
-        raise SpecError(f"{where}: is a folder, not a spec file", path=where) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{where}: cannot read ({e})", path=where) from None
-    return parse_ladder_spec(text, where)
+    return parse_ladder_spec(*read_spec_text(path))
 
 
 def parse_ladder_spec(text: str, path: str = "<spec>") -> LadderSpec:
     """Parse and validate a ladder spec's TOML text."""
-    ck = _Checker(path)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}", path=path) from None
-    return _build(raw, ck, text)
+    return _build(parse_toml(text, path), _Checker(path), text)
 
 
 def _table(ck: _Checker, raw: Mapping[str, Any], key: str, valid: tuple[str, ...]) -> dict:

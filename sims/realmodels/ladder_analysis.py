@@ -25,17 +25,15 @@ speed-up (NaN), and the fraction of resamples in which it is reached is reported
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from loraplus_lab.sims import measure
 from loraplus_lab.sims.checks import InputError
-from loraplus_lab.sims.landscape import find_optimum_scattered
+from loraplus_lab.sims.landscape import find_optimum_scattered, seed_bootstrap
 
 #: Half-width of the window around a predicted slope that counts as agreement.
 TOLERANCE = 0.3
@@ -358,20 +356,7 @@ def scaling_fits(
         return np.array([_slope(x, v) for v in vals])
 
     point = statistic(np.arange(S))
-    low = high = np.full(len(keys), np.nan)
-    if S >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (np.arange(S),),
-                statistic,
-                n_resamples=n_boot,
-                vectorized=False,
-                confidence_level=confidence,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-        low, high = res.confidence_interval.low, res.confidence_interval.high
+    low, high = seed_bootstrap(statistic, S, n_boot, confidence, seed)
     rows = []
     for k, key in enumerate(keys):
         pred = SLOPES[key][1]
@@ -583,7 +568,7 @@ def report(tables: dict, ratio: float | None) -> str:
     lines += ["", "per width (log2 rates; λ* = η_B*/η_A*):"]
 
     def cell(w: int, key: str, fmt: str) -> str:
-        val, lo, hi = _interval(iv, w, key)
+        val, lo, hi = interval(iv, w, key)
         if not np.isfinite(val):
             return "n/a"
         ci = f" [{lo:{fmt}}, {hi:{fmt}}]" if np.isfinite(lo) else ""
@@ -627,7 +612,9 @@ def report(tables: dict, ratio: float | None) -> str:
     return "\n".join(lines)
 
 
-def _interval(iv: pd.DataFrame, width: int, key: str) -> tuple[float, float, float]:
+def interval(iv: pd.DataFrame, width: int, key: str) -> tuple[float, float, float]:
+    """``(value, ci_low, ci_high)`` of ``key`` at ``width`` in a :func:`per_width_intervals`
+    table; NaNs where it has none."""
     r = iv[(iv["width"] == width) & (iv["quantity"] == key)]
     if r.empty:
         return (np.nan,) * 3

@@ -209,3 +209,21 @@ class RateConfig:
     def __post_init__(self) -> None:
         nonnegative("eta_a", self.eta_a)
         positive("eta_b", self.eta_b)
+
+
+#: What a finetuning run of the ladder records, one row per evaluation (``config``: the run's
+#: index in its chunk; ``final_loss``, ``a_change``, ``b_norm``, ``val_loss_a0`` at the last step).
+RUN_COLUMNS = (
+    "config",
+    "eta_a",
+    "eta_b",
+    "step",
+    "val_loss",
+    "train_loss",
+    "final_loss",
+    "diverged",
+    "diverged_step",
+    "a_change",
+    "b_norm",
+    "val_loss_a0",
+)

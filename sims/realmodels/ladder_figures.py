@@ -21,28 +21,17 @@ from matplotlib.figure import Figure
 from loraplus_lab.sims.realmodels import ladder_analysis as LA
 from loraplus_lab.sims.realmodels import ladder_plots as LP
 from loraplus_lab.sims.realmodels.ladder import LadderSpec, load_ladder_spec, parse_ladder_spec
-from loraplus_lab.sims.realmodels.ladder_config import default_cache
+from loraplus_lab.sims.realmodels.ladder_config import RUN_COLUMNS, default_cache
 
 #: The committed experiment, relative to the repository's root.
 SPEC = Path("specs") / "realmodels" / "ladder_gpt2_cpu.toml"
-#: Columns kept in the figure's data file (``figures/data/real_ladder.csv``).
+#: Columns kept in the figure's data file (``figures/data/real_ladder.csv``): where a row
+#: belongs, what a finetuning run records (but its index in the chunk, ``config``, and the step
+#: it diverged at) and what pretraining records.
 COLUMNS = (
-    "part",
-    "stage",
-    "width",
-    "seed",
-    "eta_a",
-    "eta_b",
-    "step",
-    "val_loss",
-    "train_loss",
-    "final_loss",
-    "diverged",
-    "a_change",
-    "b_norm",
-    "val_loss_a0",
-    "params",
-    "seconds",
+    ("part", "stage", "width", "seed")
+    + tuple(c for c in RUN_COLUMNS if c not in ("config", "diverged_step"))
+    + ("params", "seconds")
 )
 FAST_SPEC = """
 name = "ladder-fast"
@@ -180,7 +169,7 @@ def report(df: pd.DataFrame) -> str:
 
 
 def _iv(t: dict, width: int, key: str) -> tuple[float, float, float]:
-    return LA._interval(t["intervals"], width, key)
+    return LA.interval(t["intervals"], width, key)
 
 
 def measured_optima(df: pd.DataFrame) -> str:

@@ -17,7 +17,8 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from loraplus_lab.sims.plots import MARKERS, PALETTE
+from loraplus_lab.sims.plots import MARKERS, PALETTE, fit_line
+from loraplus_lab.sims.realmodels import ladder_analysis as LA
 
 _NAMES = {"log2_eta_a": "η_A*", "log2_eta_b": "η_B*", "log2_ratio": "λ* = η_B*/η_A*"}
 RUN_COLORS = {
@@ -29,14 +30,6 @@ RUN_COLORS = {
 
 def _run_color(name: str) -> object:
     return RUN_COLORS.get(name, PALETTE[1])
-
-
-def _interval(iv: pd.DataFrame, width: int, key: str) -> tuple[float, float, float]:
-    r = iv[(iv["width"] == width) & (iv["quantity"] == key)]
-    if r.empty:
-        return (np.nan,) * 3
-    r = r.iloc[0]
-    return float(r["value"]), float(r["ci_low"]), float(r["ci_high"])
 
 
 def plot_real_landscapes(
@@ -185,7 +178,7 @@ def plot_real_optimal_rates(
         y = optima[key].to_numpy(float)
         lo, hi = [], []
         for w in optima["width"]:
-            _, a, b = _interval(intervals, int(w), key)
+            _, a, b = LA.interval(intervals, int(w), key)
             lo.append(a)
             hi.append(b)
         err = np.array([y - np.array(lo), np.array(hi) - y])
@@ -193,17 +186,11 @@ def plot_real_optimal_rates(
         ax.errorbar(x, y, yerr=err, fmt=MARKERS[k], color=PALETTE[k], capsize=3, ms=6)
         f = fits[fits["quantity"] == key].iloc[0]
         ok = np.isfinite(y)
-        if ok.sum() >= 2:
-            b = np.polyfit(x[ok], y[ok], 1)
-            ax.plot(
-                x,
-                np.polyval(b, x),
-                "-",
-                color=PALETTE[k],
-                lw=1.3,
-                label=f"{label}: slope {f.slope:+.2f} [{f.ci_low:+.2f}, {f.ci_high:+.2f}] "
-                f"({f.verdict}; theory {f.predicted:+.0f})",
-            )
+        label = (
+            f"{label}: slope {f.slope:+.2f} [{f.ci_low:+.2f}, {f.ci_high:+.2f}] "
+            f"({f.verdict}; theory {f.predicted:+.0f})"
+        )
+        if fit_line(ax, x, y, PALETTE[k], label):
             xm, ym = x[ok].mean(), y[ok].mean()
             ax.plot(x, ym + f.predicted * (x - xm), "--", color=PALETTE[k], lw=0.8, alpha=0.7)
     ax.set_xlabel("log2 width n")
@@ -245,7 +232,7 @@ def plot_real_speedup(
         if not lora.empty:
             target = float(lora.loc[lora["step"].idxmax(), "val_loss"])
             ax.axhline(target, color=PALETTE[0], ls="--", lw=0.8)
-        v, lo, hi = _interval(intervals, int(w), "speedup")
+        v, lo, hi = LA.interval(intervals, int(w), "speedup")
         reached = intervals[(intervals["width"] == w) & (intervals["quantity"] == "speedup")]
         frac = float(reached["reached"].iloc[0]) if not reached.empty else np.nan
         if np.isfinite(v):

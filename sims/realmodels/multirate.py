@@ -51,26 +51,16 @@ from torch import nn
 from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.realmodels import corpus as corpora
 from loraplus_lab.sims.realmodels.bases import lm_loss, precision
-from loraplus_lab.sims.realmodels.ladder_config import FinetuneSetup, RateConfig  # noqa: F401
+from loraplus_lab.sims.realmodels.ladder_config import (  # noqa: F401
+    RUN_COLUMNS,
+    FinetuneSetup,
+    RateConfig,
+)
 from loraplus_lab.sims.realmodels.ladders import lora_model
 from loraplus_lab.sims.realmodels.stacked import StackedAdamW, stack_peft_model, stacked_layers
 
 _SALT_FINETUNE = 0x46494E45  # "FINE": seeds the finetuning batches
-COLUMNS = (
-    "config",
-    "eta_a",
-    "eta_b",
-    "step",
-    "val_loss",
-    "train_loss",
-    "final_loss",
-    "diverged",
-    "diverged_step",
-    "a_change",
-    "b_norm",
-    "val_loss_a0",
-)
-_RECORDED = COLUMNS[:7]
+_RECORDED = RUN_COLUMNS[:7]
 
 
 def batch_tokens(stream: np.ndarray, setup: FinetuneSetup, seed: int, step: int) -> torch.Tensor:
@@ -160,7 +150,7 @@ def _finish(
         df[name] = col
     for name in ("val_loss", "train_loss", "final_loss"):
         df.loc[diverged[c] & (df["step"] >= diverged_step[c]).to_numpy(), name] = np.nan
-    return df[list(COLUMNS)]
+    return df[list(RUN_COLUMNS)]
 
 
 def finetune_rates(
@@ -185,7 +175,7 @@ def finetune_rates(
         progress: called with ``(step, steps)`` after each step.
 
     Returns:
-        Tidy rows (see the module docstring), columns :data:`COLUMNS` (``config`` indexes
+        Tidy rows (see the module docstring), columns :data:`RUN_COLUMNS` (``config`` indexes
         ``configs``).
     """
     configs = list(configs)
