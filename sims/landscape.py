@@ -263,20 +263,7 @@ def gap_table(
         return out
 
     point = gaps(np.arange(len(seeds)))
-    low = high = np.full(len(surfs), np.nan)
-    if len(seeds) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (np.arange(len(seeds)),),
-                gaps,
-                n_resamples=n_boot,
-                vectorized=False,
-                confidence_level=confidence,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-        low, high = res.confidence_interval.low, res.confidence_interval.high
+    low, high = seed_bootstrap(gaps, len(seeds), n_boot, confidence, seed)
     return pd.DataFrame(
         {"width": [s.width for s in surfs], "gap": point, "ci_low": low, "ci_high": high}
     )
@@ -333,20 +320,7 @@ def scaling_fits(
         return np.concatenate([values(idx, anchored=False), values(idx, anchored=True)[:3]])
 
     point = values(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
-    low = high = np.full(len(keys) + 3, np.nan)
-    if len(seeds) >= 2:
-        with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (np.arange(len(seeds)),),
-                statistic,
-                n_resamples=n_boot,
-                vectorized=False,
-                confidence_level=confidence,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-        low, high = res.confidence_interval.low, res.confidence_interval.high
+    low, high = seed_bootstrap(statistic, len(seeds), n_boot, confidence, seed)
     rows = []
     for k, key in enumerate(keys):
         pred = PREDICTED.get(key)
