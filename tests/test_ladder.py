@@ -230,6 +230,21 @@ def test_analysis_recovers_known_scaling_with_covering_intervals() -> None:
     assert other.loc["log2_eta_a_at_row", "slope"] == pytest.approx(0.0, abs=0.05)
 
 
+def test_common_row_falls_back_to_the_densest_row_then_to_none() -> None:
+    df = synthetic_rows(widths=(32, 64), seeds=2)
+    with np.errstate(divide="ignore"):  # η_A = 0 on the B-only line
+        u = np.log2(df["eta_a"])
+    assert LA.common_row(LA.landscapes(df), 16.0) == -5.0  # the bowl's η_B*
+    three = df[~np.isfinite(u) | u.isin([-9.0, -8.0, -7.0]) | (u == np.log2(df["eta_b"]))]
+    L3 = LA.landscapes(three)
+    assert LA.common_row(L3, 16.0) == -5.0  # no row has 5 runs; rows with 3 do
+    two = df[~np.isfinite(u) | u.isin([-8.0, -7.0])]
+    L2 = LA.landscapes(two)
+    assert np.isnan(LA.common_row(L2, 16.0))
+    fits = LA.scaling_fits(L2, 16.0, n_boot=19).set_index("quantity")
+    assert np.isnan(fits.loc["log2_eta_a_at_row", "slope"])  # reported as unknown, no crash
+
+
 def test_real_ladder_report_checks_transfer_to_the_widest_width() -> None:
     from loraplus_lab.sims.figures import report_real_ladder
 

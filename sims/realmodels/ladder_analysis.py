@@ -254,19 +254,22 @@ def verdict(slope: float, low: float, high: float, predicted: float, tol: float 
 
 
 def common_row(L: Landscapes, ratio: float | None = None, min_points: int = 5) -> float:
-    """The ``log2 η_B`` row on which every width ran at least ``min_points`` values of ``η_A``
-    (a row of the coarse grid) that lies nearest the widths' median ``log2 η_B*``: where to
-    read the best ``η_A`` at one fixed ``η_B``."""
-    shared = None
-    for u, v in zip(L.u, L.v, strict=True):
-        vals, counts = np.unique(np.round(v[np.isfinite(u)], 9), return_counts=True)
-        rows = set(vals[counts >= min_points])
-        shared = rows if shared is None else shared & rows
-    if not shared:
-        raise InputError(f"no η_B row has {min_points} runs at every width")
+    """The ``log2 η_B`` row of the grid on which to read the best ``η_A`` at one fixed ``η_B``:
+    of the rows on which every width ran at least ``min_points`` values of ``η_A`` (or, where
+    none has that many, the rows with the most, three at least), the one nearest the widths'
+    median ``log2 η_B*``; NaN where no row has three runs at every width."""
+    counts: dict[float, int] = {}
+    for k, (u, v) in enumerate(zip(L.u, L.v, strict=True)):
+        vals, n = np.unique(np.round(v[np.isfinite(u)], 9), return_counts=True)
+        here = dict(zip(vals.tolist(), n.tolist(), strict=True))
+        counts = here if k == 0 else {r: min(c, here[r]) for r, c in counts.items() if r in here}
+    best = max(counts.values(), default=0)
+    if best < 3:
+        return float("nan")
+    need = min(min_points, best)
+    rows = np.array(sorted(r for r, c in counts.items() if c >= need))
     star = np.median([width_summary(L, i, np.ones(len(L.seeds)), ratio)["log2_eta_b"]
                       for i in range(len(L.widths))])  # fmt: skip
-    rows = np.array(sorted(shared))
     return float(rows[np.argmin(np.abs(rows - star))])
 
 
