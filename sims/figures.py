@@ -1381,9 +1381,10 @@ FIGURES: dict[str, FigureSpec] = {
             ladder_figures.plot_speedup,
             "Validation curves of tuned LoRA, LoRA+ at λ = 2^4 with η_A tuned, the best run and "
             "the B-only baseline; the title gives the steps LoRA+ needs to reach tuned LoRA's "
-            "final loss as a speed-up with its bootstrap interval (not reached: LoRA+'s curve "
-            "ends above tuned LoRA's final loss; the share of resamples in which it reaches it "
-            "is in brackets).",
+            "final loss as a speed-up with its bootstrap interval, read off the validation "
+            "curves (their own small evaluation set, every few steps; the landscapes' final "
+            "losses use a larger one). Not reached: LoRA+'s curve ends above tuned LoRA's last "
+            "point; the share of resamples in which it reaches it is in brackets.",
             report_real_ladder,
             ladder_figures.measured_speedup,
         ),
