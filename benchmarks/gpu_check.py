@@ -8,8 +8,15 @@
    (λ of the ``loraplus`` parametrization at that width) with the same optimizer class, their
    ratio (LoRA+ only changes learning rates, so it should be ≈ 1), and the coordinate-check
    hooks' overhead on those steps.
+3. The real-model ladder (``loraplus-lab ladder``) at widths 2^8 … 2^11 in bfloat16 (autocast,
+   float32 adapters and optimizer state): GPT-2-shaped bases pretrained on the standard
+   library's code, LoRA finetuning landscapes on pydoc's prose (a coarse grid refined around
+   each width's optimum, the equal-rate, A-frozen and λ = 16 lines, 2 seeds), the optimal-rate
+   slopes with bootstrap intervals and LoRA+'s speed-up, as text (``ladder_report.txt``),
+   tables and the three figures.
 
-Writes ``gpu_check.json``, ``coordcheck.csv.gz`` and PNG figures into ``--out`` (default
+Writes ``gpu_check.json``, ``coordcheck.csv.gz``, ``ladder_report.txt``, ``ladder.csv.gz`` and
+PNG figures into ``--out`` (default
 ``$OUT``, else ``./gpu_check_out``). ``--smoke`` runs a tiny version on the CPU (used by the
 tests).
 
@@ -78,6 +85,47 @@ SMOKE = {
     "tp_reps": 2,
 }
 LR = 1e-3
+#: Section 3: the ladder on a GPU, ``specs/realmodels/ladder_gpt2_gpu.toml`` (device and dtype
+#: replaced by the check's own where they differ).
+LADDER_FULL = Path(__file__).resolve().parents[1] / "specs/realmodels/ladder_gpt2_gpu.toml"
+LADDER_SMOKE = """
+name = "ladder-smoke"
+arch = "gpt2"
+widths = [32, 64]
+layers = 1
+head_dim = 16
+context = 16
+seeds = 2
+chunk = 16
+dtype = "{dtype}"
+device = "{device}"
+
+[pretrain]
+steps = 6
+batch = 4
+warmup = 2
+val_windows = 8
+
+[finetune]
+steps = 4
+batch = 2
+warmup = 1
+eval_every = 2
+curve_windows = 4
+eval_windows = 8
+
+[grid]
+log2_eta_a = [-9, -7]
+log2_eta_b = [-6, -4]
+step = 1
+refine = 0
+
+[lines]
+equal = [-7, -5]
+ratio = 16
+ratio_log2_eta_a = [-9, -8]
+step = 1
+"""
 
 
 def _sync(device: torch.device) -> None:
@@ -222,6 +270,72 @@ def throughput(cfg: dict[str, Any], device: str) -> dict[str, Any]:
     }
 
 
+def ladder(smoke: bool, device: str, out: Path) -> dict[str, Any]:
+    """Section 3: the real-model ladder (pretraining, landscapes, analysis, figures)."""
+    import matplotlib.pyplot as plt
+
+    from loraplus_lab.sims.realmodels import ladder_analysis as LA
+    from loraplus_lab.sims.realmodels import ladder_plots as LP
+    from loraplus_lab.sims.realmodels.ladder import parse_ladder_spec, run_ladder
+    from loraplus_lab.sims.sweep.store import load
+
+    dtype = "bfloat16" if device == "cuda" or not smoke else "float32"
+    if smoke:
+        text = LADDER_SMOKE.format(device=device, dtype=dtype)
+    else:
+        text = LADDER_FULL.read_text()
+        text = text.replace('device = "cuda"', f'device = "{device}"')
+        text = text.replace('dtype = "bfloat16"', f'dtype = "{dtype}"')
+    spec = parse_ladder_spec(text, "gpu_check")
+    os.environ.setdefault("LORAPLUS_CACHE", str(out / "cache"))
+    t0 = time.perf_counter()
+    run_ladder(spec, out / "ladder", executor="serial", progress=False)
+    seconds = time.perf_counter() - t0
+    df = load(out / "ladder")
+    df.to_csv(out / "ladder.csv.gz", index=False)
+    ratio = spec.lines.get("ratio")
+    tables = LA.analyze(df, ratio, n_boot=99 if smoke else 499)
+    report = LA.report(tables, ratio)
+    (out / "ladder_report.txt").write_text(report + "\n")
+    n0 = int(spec.widths[0])
+    for name, fig in (
+        (
+            "ladder_landscapes",
+            LP.plot_real_landscapes(tables["finals"], tables["optima"], ratio=ratio),
+        ),
+        (
+            "ladder_optimal_rates",
+            LP.plot_real_optimal_rates(
+                tables["optima"],
+                tables["intervals"],
+                tables["fits"],
+                tables["slices"],
+                tables["equal"],
+                n0=n0,
+            ),
+        ),
+        (
+            "ladder_speedup",
+            LP.plot_real_speedup(tables["curves"], tables["intervals"], steps=tables["steps"]),
+        ),
+    ):
+        fig.savefig(out / f"{name}.png", dpi=90)
+        plt.close(fig)
+    return {
+        "seconds": seconds,
+        "widths": list(spec.widths),
+        "dtype": dtype,
+        "runs": int(
+            df[df["part"] == "finetune"].groupby(["width", "seed", "eta_a", "eta_b"]).ngroups
+        ),
+        "fits": tables["fits"].round(4).to_dict(orient="records"),
+        "optima": tables["optima"].round(4).to_dict(orient="records"),
+        "intervals": tables["intervals"].round(4).to_dict(orient="records"),
+        "pretrain": tables["pretrain"].round(4).to_dict(orient="records"),
+        "report": report,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU version (for the tests)")
@@ -259,6 +373,7 @@ def main() -> int:
     for key, fn in (
         ("coordcheck", lambda: coordinate_check(cfg, device, out)),
         ("throughput", lambda: throughput(cfg, device)),
+        ("ladder", lambda: ladder(args.smoke, device, out)),
     ):
         t = time.perf_counter()
         try:
@@ -274,6 +389,7 @@ def main() -> int:
     cc = report.get("coordcheck", {})
     tp = report.get("throughput", {})
     print(json.dumps({"checks": cc.get("checks"), "throughput": tp}, indent=2, default=str))
+    print(report.get("ladder", {}).get("report", report.get("ladder")))
     return status
 
 

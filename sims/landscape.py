@@ -263,20 +263,7 @@ def gap_table(
         return out
 
     point = gaps(np.arange(len(seeds)))
-    low = high = np.full(len(surfs), np.nan)
-    if len(seeds) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (np.arange(len(seeds)),),
-                gaps,
-                n_resamples=n_boot,
-                vectorized=False,
-                confidence_level=confidence,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-        low, high = res.confidence_interval.low, res.confidence_interval.high
+    low, high = seed_bootstrap(gaps, len(seeds), n_boot, confidence, seed)
     return pd.DataFrame(
         {"width": [s.width for s in surfs], "gap": point, "ci_low": low, "ci_high": high}
     )
@@ -333,20 +320,7 @@ def scaling_fits(
         return np.concatenate([values(idx, anchored=False), values(idx, anchored=True)[:3]])
 
     point = values(np.arange(len(seeds)), anchored=False)  # = a fit through optima_table
-    low = high = np.full(len(keys) + 3, np.nan)
-    if len(seeds) >= 2:
-        with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (np.arange(len(seeds)),),
-                statistic,
-                n_resamples=n_boot,
-                vectorized=False,
-                confidence_level=confidence,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            )
-        low, high = res.confidence_interval.low, res.confidence_interval.high
+    low, high = seed_bootstrap(statistic, len(seeds), n_boot, confidence, seed)
     rows = []
     for k, key in enumerate(keys):
         pred = PREDICTED.get(key)
@@ -370,6 +344,59 @@ def _ols_slope(x: np.ndarray, y: np.ndarray) -> float:
     if ok.sum() < 2:
         return float("nan")
     return float(np.polyfit(x[ok], y[ok], 1)[0])
+
+
+def find_optimum_scattered(
+    u: np.ndarray,
+    v: np.ndarray,
+    loss: np.ndarray,
+    *,
+    radius: float = 1.0,
+) -> Optimum:
+    """The minimum of a loss known at scattered points ``(u, v)`` of the log2 plane (a coarse
+    grid with a finer patch, lines, …).
+
+    Around the best finite point ``(u0, v0)`` the points with ``|u − u0| ≤ radius`` and
+    ``|v − v0| ≤ radius`` are fitted by least squares with ``a + b·du + c·dv + d·du² + e·dv² +
+    f·du·dv``; the vertex is the optimum when the fit is convex and the vertex lies inside that
+    box, otherwise the best point is (``method = "argmin"``). ``at_edge`` flags a best point with
+    no evaluated point beyond it on one side along ``u`` or ``v`` (then it is a bound, not an
+    estimate). ``loss`` at a quadratic optimum is the fitted value there.
+    """
+    u, v, L = (np.asarray(a, float) for a in (u, v, loss))
+    if not (u.shape == v.shape == L.shape) or u.ndim != 1:
+        raise ValueError("u, v and loss must be 1-D arrays of one length")
+    ok = np.isfinite(u) & np.isfinite(v) & np.isfinite(L)
+    if not ok.any():
+        raise ValueError("every point of the landscape diverged")
+    u, v, L = u[ok], v[ok], L[ok]
+    k = int(np.argmin(L))
+    u0, v0 = u[k], v[k]
+    same_v, same_u = np.isclose(v, v0), np.isclose(u, u0)
+    at_edge = bool(
+        not (u[same_v] < u0).any()
+        or not (u[same_v] > u0).any()
+        or not (v[same_u] < v0).any()
+        or not (v[same_u] > v0).any()
+    )
+    best = Optimum(float(u0), float(v0), float(L[k]), "argmin", at_edge)
+    if at_edge:
+        return best
+    near = (np.abs(u - u0) <= radius + 1e-9) & (np.abs(v - v0) <= radius + 1e-9)
+    du, dv, z = u[near] - u0, v[near] - v0, L[near]
+    if near.sum() < 8 or len(np.unique(du)) < 3 or len(np.unique(dv)) < 3:
+        return best
+    X = np.column_stack([np.ones_like(du), du, dv, du**2, dv**2, du * dv])
+    coef, *_ = np.linalg.lstsq(X, z, rcond=None)
+    a, b, c, d, e, f = coef
+    H = np.array([[2 * d, f], [f, 2 * e]])
+    if not np.all(np.linalg.eigvalsh(H) > 1e-12):
+        return best
+    xu, xv = np.linalg.solve(H, [-b, -c])
+    if abs(xu) > radius or abs(xv) > radius:
+        return best
+    value = a + b * xu + c * xv + d * xu**2 + e * xv**2 + f * xu * xv
+    return Optimum(float(u0 + xu), float(v0 + xv), float(value), "quadratic", False)
 
 
 # ----------------------------------------------------------------------------- rate curves
@@ -457,10 +484,13 @@ def curve_table(curves: Sequence[RateCurve]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bootstrap(
+def seed_bootstrap(
     statistic, n_seeds: int, n_boot: int, confidence: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of a vector statistic of resampled seed indices."""
+    """Percentile bootstrap interval (``confidence``, ``n_boot`` resamples, generator seeded
+    with ``seed``) of a vector ``statistic`` of resampled seed indices ``0 … n_seeds − 1``; NaN
+    with fewer than two seeds. Degenerate resamples are expected with few seeds and not warned
+    about."""
     low = high = np.full(len(statistic(np.arange(n_seeds))), np.nan)
     if n_seeds >= 2:
         with warnings.catch_warnings():  # degenerate resamples (few seeds) are expected here
@@ -511,7 +541,7 @@ def curve_optima(
         return np.concatenate(out)
 
     point = statistic(np.arange(len(curves[0].seeds)))
-    low, high = _bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
+    low, high = seed_bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
     k = len(curves)
     table = pd.DataFrame(
         {
@@ -562,7 +592,7 @@ def transfer_fits(
         return np.array(out)
 
     point = statistic(np.arange(len(curves[0].seeds)))
-    low, high = _bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
+    low, high = seed_bootstrap(statistic, len(curves[0].seeds), n_boot, confidence, seed)
     return pd.DataFrame(
         {
             "rule": rules,
@@ -628,7 +658,7 @@ def equal_rate_gap(
         return np.concatenate([pair, equal, (equal - pair) / pair])
 
     point = statistic(np.arange(len(surfs[0].seeds)))
-    low, high = _bootstrap(statistic, len(surfs[0].seeds), n_boot, confidence, seed)
+    low, high = seed_bootstrap(statistic, len(surfs[0].seeds), n_boot, confidence, seed)
     k = len(surfs)
     return pd.DataFrame(
         {

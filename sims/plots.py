@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -258,6 +259,17 @@ def plot_landscapes(
     return fig
 
 
+def fit_line(ax: Axes, x: np.ndarray, y: np.ndarray, color: object, label: str) -> bool:
+    """Draw the least-squares line of ``y`` on ``x`` (finite points, at least two) on ``ax``
+    with ``label``; whether it was drawn."""
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return False
+    b = np.polyfit(x[ok], y[ok], 1)
+    ax.plot(x, np.polyval(b, x), "-", color=color, lw=1.2, label=label)
+    return True
+
+
 def plot_optimal_rates(
     optima: pd.DataFrame, fits: pd.DataFrame, *, title: str | None = None
 ) -> Figure:
@@ -272,24 +284,16 @@ def plot_optimal_rates(
         y = optima[key].to_numpy(float)
         f = fits[fits["quantity"] == key].iloc[0]
         ax.plot(x, y, MARKERS[k], color=PALETTE[k])
-        ok = np.isfinite(y)
-        if ok.sum() >= 2:
-            b = np.polyfit(x[ok], y[ok], 1)
-            ax.plot(
-                x,
-                np.polyval(b, x),
-                "-",
-                color=PALETTE[k],
-                lw=1.2,
-                label=f"log2 {label}: slope {f.slope:+.2f}, free [{f.ci_low:+.2f}, "
-                f"{f.ci_high:+.2f}]"
-                + (
-                    f" (anchored [{f.anchored_low:+.2f}, {f.anchored_high:+.2f}])"
-                    if "anchored_low" in fits.columns
-                    else ""
-                )
-                + f", predicted {f.predicted:+.0f}",
-            )
+        anchored = (
+            f" (anchored [{f.anchored_low:+.2f}, {f.anchored_high:+.2f}])"
+            if "anchored_low" in fits.columns
+            else ""
+        )
+        fit_line(
+            ax, x, y, PALETTE[k],
+            f"log2 {label}: slope {f.slope:+.2f}, free [{f.ci_low:+.2f}, {f.ci_high:+.2f}]"
+            f"{anchored}, predicted {f.predicted:+.0f}",
+        )  # fmt: skip
     ax.set_xlabel("log2 width n")
     ax.set_ylabel("log2 of the optimal rate / ratio")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)

@@ -321,7 +321,7 @@ def test_make_optimizer_rates() -> None:
     ("call", "match"),
     [
         (lambda: make_model("bert", 64, seed=0), "unknown arch 'bert'"),
-        (lambda: make_model("gpt2", 32, seed=0), "at least 64, got 32"),
+        (lambda: make_model("gpt2", 32, seed=0), r"at least 64 \(2 heads of 32\), got 32"),
         (lambda: make_model("gpt2", 80, seed=0), "divisible by the head dimension 32, got 80"),
         (lambda: ladder("gpt2", [64, 100]), "divisible"),
         (lambda: lora_model(make_model("gpt2", 64, seed=0), "gpt2", init="C"), "init"),
@@ -372,7 +372,9 @@ def test_gpu_check_smoke(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["smoke"] is True
-    assert {"coordcheck", "throughput", "device"} <= report.keys()
+    assert {"coordcheck", "throughput", "ladder", "device"} <= report.keys()
+    assert "error" not in report["ladder"] and report["ladder"]["runs"] > 0
+    assert (tmp_path / "ladder_report.txt").read_text().startswith("Real-model ladder")
     assert report["throughput"]["step_time_ratio_loraplus_over_lora"] > 0
     assert list(tmp_path.glob("*.png"))
 

@@ -3,6 +3,7 @@
 ``sweep``, ``show``, ``landscape``  (:mod:`.sweep`)   width sweeps through the sweep engine
 ``theory``                          (:mod:`.theory`)  the exponent calculus, phase diagrams
 ``finetune``, ``coordcheck``        (:mod:`.realmodels`) LoRA+ on real transformers
+``ladder``, ``make-model``          (:mod:`.ladder`) pretrained width ladders, local models
 ``figures``                         (:mod:`.figures`) every figure of the toolkit
 ``transfer``                        (:mod:`.transfer`) the rates at a width from proxy widths
 
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 from loraplus_lab import sims
 from loraplus_lab.sims.checks import InputError
-from loraplus_lab.sims.cli import figures, realmodels, sweep, theory, transfer
+from loraplus_lab.sims.cli import figures, ladder, realmodels, sweep, theory, transfer
 from loraplus_lab.sims.cli.common import (
     PROG,
     Parser,
@@ -46,7 +47,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {sims.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for family in (sweep, theory, realmodels, figures, transfer):
+    for family in (sweep, theory, realmodels, ladder, figures, transfer):
         family.add_parsers(sub)
     return parser
 

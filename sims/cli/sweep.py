@@ -470,6 +470,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     from loraplus_lab.sims.sweep.store import Store
 
     store = Store.open(Path(args.dir))
+    if store.spec_dict().get("kind") in ("ladder", "family"):
+        from loraplus_lab.sims.cli.ladder import show_ladder
+
+        a.use_agg()
+        return show_ladder(store, as_json=args.json)
     meta = store.meta()
     df = store.load()
     at = df.attrs

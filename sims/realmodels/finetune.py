@@ -108,6 +108,7 @@ class FinetuneConfig:
     fan_in_aware: bool = False
     base_fan_in: int | None = None
     log_every: int = 1
+    eval_every: int | None = None
     checkpoint_every: int | None = None
     loss_bound: float | None = None
     trust_remote_code: bool = False
@@ -144,7 +145,8 @@ def validate_config(cfg: FinetuneConfig) -> None:
         positive_int("steps", cfg.steps)
     for name in ("batch_size", "r", "max_length", "log_every", "eval_batch_size"):
         positive_int(name, getattr(cfg, name))
-    for name in ("max_samples", "eval_max_samples", "checkpoint_every", "base_fan_in"):
+    for name in ("max_samples", "eval_max_samples", "checkpoint_every", "base_fan_in",
+                 "eval_every"):  # fmt: skip
         if getattr(cfg, name) is not None:
             positive_int(name, getattr(cfg, name))
     nonnegative_int("seed", cfg.seed)
@@ -175,6 +177,8 @@ def validate_config(cfg: FinetuneConfig) -> None:
         )
     if cfg.use_trainer and cfg.checkpoint_every is not None:
         raise InputError("checkpoint_every needs use_trainer=False (the plain accelerate loop)")
+    if cfg.eval_every is not None and not cfg.use_trainer:
+        raise InputError("eval_every needs use_trainer=True (the Trainer's callbacks)")
     b1, b2 = cfg.adam_betas
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
         raise InputError(f"adam_betas must lie in [0, 1), got {cfg.adam_betas!r}")
@@ -490,6 +494,30 @@ def _trainer_callback(log: _CsvLog, loss_bound: float | None) -> Any:
     return _Metrics()
 
 
+def _eval_callback(prep: Prepared, log: _CsvLog) -> Any:
+    """Every ``eval_every`` steps (and before the first), the validation loss of the model as it
+    is, with :func:`evaluate`, logged as a row ``step, eval_loss`` (the validation curve)."""
+    from transformers import TrainerCallback
+
+    cfg = prep.cfg
+    glue = _glue_name(cfg.eval_task or cfg.task)
+
+    def record(step: int) -> None:
+        m = evaluate(prep.model, prep.eval, prep.tokenizer, batch_size=cfg.eval_batch_size,
+                     bf16=prep.bf16, glue=glue)  # fmt: skip
+        log({"step": step, "eval_loss": m["loss"]})
+
+    class _Curve(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            record(0)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % cfg.eval_every == 0 or state.global_step == state.max_steps:
+                record(state.global_step)
+
+    return _Curve()
+
+
 def _quiet_progress() -> Any:
     """The Trainer's progress bar, showing the loss instead of printing every log."""
     from transformers import ProgressCallback
@@ -552,6 +580,8 @@ def _train_with_trainer(
             lr_other=cfg.lr_other, fan_in_aware=cfg.fan_in_aware, base_fan_in=cfg.base_fan_in,
         ),
     )  # fmt: skip
+    if cfg.eval_every is not None and prep.eval is not None:
+        trainer.add_callback(_eval_callback(prep, log))
     # Metrics go to metrics.csv: no log line per step on stdout, only the bar's loss.
     trainer.remove_callback(PrinterCallback)
     if progress and trainer.pop_callback(ProgressCallback) is not None:
@@ -720,7 +750,10 @@ def finetune(
             ``eval_task``, ``eval_max_samples``, ``weight_decay``, ``warmup``, ``scheduler``,
             ``optim``, ``adam_betas``, ``adam_eps``, ``max_grad_norm``, ``lr_embedding``,
             ``lr_other``, ``fan_in_aware``, ``base_fan_in``, ``log_every``,
-            ``checkpoint_every``, ``loss_bound``, ``trust_remote_code``, ``offline``).
+            ``checkpoint_every``, ``loss_bound``, ``trust_remote_code``, ``offline``;
+            ``eval_every``: with the Trainer and an evaluation split, the validation loss
+            every that many steps and before the first, as ``eval_loss`` rows of
+            ``metrics.csv``).
 
     Returns:
         The run's summary (losses, steps, divergence, evaluation metrics).

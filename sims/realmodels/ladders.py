@@ -44,23 +44,21 @@ from torch import nn
 
 from loraplus_lab.sims.checks import InputError, positive_int
 from loraplus_lab.sims.params import DEFAULT_N0, check_init
+from loraplus_lab.sims.realmodels.ladder_config import (  # noqa: F401 - re-exported
+    ARCHS,
+    DEFAULT_HEAD_DIM,
+    DEFAULT_TARGETS,
+    MIN_HEADS,
+    check_arch,
+    check_width,
+)
 
-ARCHS = ("gpt2", "llama", "roberta")
 TASKS = ("lm", "classification")
-MIN_WIDTH = 64
-DEFAULT_HEAD_DIM = 32
 DEFAULT_VOCAB = 256
 DEFAULT_CONTEXT = 64
 #: Token ids below this are reserved (RoBERTa: bos 0, pad 1, eos 2, mask 3); data avoid them.
 N_SPECIAL = 4
 BOS_ID, PAD_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
-
-#: Default LoRA target modules per architecture, as in the LoRA+ paper's GLUE scripts.
-DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "roberta": ("query", "key"),
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-}
 
 # Modules that write into the residual stream (scaled by 1/sqrt(2L)).
 _RESIDUAL_OUT = {
@@ -68,26 +66,6 @@ _RESIDUAL_OUT = {
     "llama": re.compile(r"\.layers\.\d+\.(self_attn\.o_proj|mlp\.down_proj)$"),
     "roberta": re.compile(r"\.layer\.\d+\.(attention\.output|output)\.dense$"),
 }
-
-
-def check_arch(arch: str) -> str:
-    """Validate an architecture name (one of :data:`ARCHS`)."""
-    if arch not in ARCHS:
-        raise InputError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return arch
-
-
-def check_width(width: int, head_dim: int = DEFAULT_HEAD_DIM) -> int:
-    """Validate a width: an integer ≥ :data:`MIN_WIDTH` divisible by ``head_dim``."""
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
-        raise InputError(f"width must be an integer, got {width!r}")
-    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
-        raise InputError(f"head_dim must be a positive integer, got {head_dim!r}")
-    if width < MIN_WIDTH:
-        raise InputError(f"width must be at least {MIN_WIDTH}, got {width}")
-    if width % head_dim:
-        raise InputError(f"width must be divisible by the head dimension {head_dim}, got {width}")
-    return int(width)
 
 
 def llama_intermediate(width: int, multiple_of: int = 32) -> int:
@@ -135,6 +113,8 @@ def make_config(
             n_layer=layers,
             n_head=heads,
             n_inner=4 * width,
+            # GPT-2's tanh-approximate GELU ("gelu_new") as torch's one fused kernel
+            activation_function="gelu_pytorch_tanh",
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

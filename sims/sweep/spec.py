@@ -298,6 +298,12 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         SpecError: the file is missing or unreadable, is not valid TOML (the message carries the
             parser's line and column), or holds a bad value.
     """
+    return parse_spec(*read_spec_text(path))
+
+
+def read_spec_text(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(text, where)`` of a spec file (of any kind); a missing, unreadable or non-UTF-8 file
+    raises :class:`SpecError` naming it."""
     where = os.fspath(path)
     try:
         text = Path(where).read_text(encoding="utf-8")
@@ -309,17 +315,21 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         raise SpecError(f"{where}: not UTF-8 text", path=where) from None
     except OSError as e:
         raise SpecError(f"{where}: cannot read ({e.strerror})", path=where) from None
-    return parse_spec(text, where)
+    return text, where
+
+
+def parse_toml(text: str, path: str = "<spec>") -> dict[str, Any]:
+    """The TOML table of a spec's ``text``; invalid TOML raises :class:`SpecError` naming
+    ``path``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}", path=path) from None
 
 
 def parse_spec(text: str, path: str = "<spec>") -> SweepSpec:
     """Parse and validate a spec's TOML text; ``path`` names it in error messages."""
-    ck = _Checker(path)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML: {e}", path=path) from None
-    return _build(raw, ck, source=text)
+    return _build(parse_toml(text, path), _Checker(path), source=text)
 
 
 # ----------------------------------------------------------------------------- checking
