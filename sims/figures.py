@@ -1516,8 +1516,12 @@ def readme_text(data: dict[str, pd.DataFrame] | None = None, *, fast: bool = Fal
         lines = [
             "# Figures",
             "",
-            "Every figure here is regenerated from nothing by `loraplus-lab figures` (a few "
-            "minutes on two CPU cores); `loraplus-lab figures --only NAME` redraws one. The data "
+            "Every figure here is regenerated from nothing by `loraplus-lab figures`: the toy "
+            "figures in minutes on two CPU cores (`transfer` about 8), the three `real_*` figures "
+            "of the pretrained ladder in about an hour from an empty model cache (60 min on the "
+            "project's idle 2-core machine) and in seconds once the cache (`$LORAPLUS_CACHE`, "
+            "default `~/.cache/loraplus-lab`) holds the ladder's runs. "
+            "`loraplus-lab figures --only NAME` redraws one. The data "
             "behind each figure is in `data/`; the measured numbers at the end of a caption are "
             "computed from it when the figure is drawn.",
             "",
