@@ -118,12 +118,14 @@ def linear_params(fast: bool) -> list[Parametrization]:
     return _linear_params(-14, -2, 2.0, 0.5) if fast else _linear_params(-16, -1, 1.0, 0.25)
 
 
-def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
-    """The linear task under Adam (:func:`linear_setup`'s seeds and task): rows of the last
-    step."""
+def _run_linear_task(
+    widths: list[int], params: list[Parametrization], fast: bool, optimizer: str
+) -> pd.DataFrame:
+    """The linear task of :func:`linear_setup` under ``optimizer``: rows of the last step (under
+    GD in chunks of 256 configurations, ≈ 1 GB per batch at n = 2^13)."""
     from loraplus_lab.sims.toy import simulate_batch
 
-    _, seeds, task = linear_setup(fast, "adam")
+    _, seeds, task = linear_setup(fast, optimizer)
     df = simulate_batch(
         widths,
         params,
@@ -131,9 +133,16 @@ def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> 
         steps=LINEAR_STEPS,
         problem="general",
         problem_options=task,
-        optimizer="adam",
+        optimizer=optimizer,
+        chunk=256 if optimizer == "gd" else None,
     )
     return df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+
+
+def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
+    """The linear task under Adam (:func:`linear_setup`'s seeds and task): rows of the last
+    step."""
+    return _run_linear_task(widths, params, fast, "adam")
 
 
 def collect_linear_landscape(fast: bool) -> pd.DataFrame:
@@ -150,20 +159,7 @@ def linear_gd_params(fast: bool) -> list[Parametrization]:
 def run_linear_gd(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
     """The linear task with m = 8 outputs under gradient descent (:func:`linear_setup`'s seeds
     and task): rows of the last step."""
-    from loraplus_lab.sims.toy import simulate_batch
-
-    _, seeds, task = linear_setup(fast, "gd")
-    df = simulate_batch(
-        widths,
-        params,
-        seeds,
-        steps=LINEAR_STEPS,
-        problem="general",
-        problem_options=task,
-        optimizer="gd",
-        chunk=256,  # ≈ 1 GB per batch at n = 2^13
-    )
-    return df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+    return _run_linear_task(widths, params, fast, "gd")
 
 
 def collect_linear_landscape_gd(fast: bool) -> pd.DataFrame:

@@ -80,3 +80,21 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     return work
+
+
+def run_in_fast_mode(
+    path: Path, workdir: Path, timeout: int, expected: list[str], min_images: int
+) -> str:
+    """Execute a notebook in fast mode (:func:`execute_notebook`) and check what every notebook
+    test checks: each ``expected`` text printed, no traceback, at least ``min_images`` figures,
+    the file itself untouched and nothing written into ``workdir``. Returns the printed text."""
+    before = path.read_bytes()
+    nb = execute_notebook(path, workdir, timeout)
+    text = notebook_text(nb)
+    for want in expected:
+        assert want in text, f"{path.name}: no output contains {want!r}"
+    assert "Traceback" not in text
+    assert notebook_images(nb) >= min_images
+    assert path.read_bytes() == before  # the notebook file itself is never rewritten
+    assert not any(workdir.iterdir()), "the notebook wrote files into its working directory"
+    return text

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import execute_notebook, notebook_images, notebook_text
+from conftest import notebook_text, run_in_fast_mode
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -35,15 +35,7 @@ EXPECTED = [
 
 @pytest.mark.slow
 def test_notebook_05_runs_in_fast_mode(kernel_env: Path) -> None:
-    before = NOTEBOOK.read_bytes()
-    nb = execute_notebook(NOTEBOOK, kernel_env, CELL_TIMEOUT)
-    text = notebook_text(nb)
-    for expected in EXPECTED:
-        assert expected in text, f"no output contains {expected!r}"
-    assert "Traceback" not in text
-    assert notebook_images(nb) >= 4
-    assert NOTEBOOK.read_bytes() == before
-    assert not any(kernel_env.iterdir()), "the notebook wrote files into its working directory"
+    text = run_in_fast_mode(NOTEBOOK, kernel_env, CELL_TIMEOUT, EXPECTED, 4)
     # every slope is printed with its interval and a verdict
     verdicts = re.findall(r"\(theory [+-]\d\) → (agrees|close|inconclusive|differs)", text)
     assert len(verdicts) == 5  # η_A*, η_B*, λ*, the valley η_A*·η_B*, η_A at a fixed η_B

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import execute_notebook, notebook_images, notebook_text
+from conftest import notebook_text, run_in_fast_mode
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -75,17 +75,7 @@ EXPECTED = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_runs_in_fast_mode(name: str, kernel_env: Path) -> None:
-    path = NOTEBOOKS / name
-    before = path.read_bytes()
-    nb = execute_notebook(path, kernel_env, CELL_TIMEOUT)
-
-    text = notebook_text(nb)
-    for expected in EXPECTED[name]:
-        assert expected in text, f"{name}: no output contains {expected!r}"
-    assert "Traceback" not in text
-    assert notebook_images(nb) >= 3
-    assert path.read_bytes() == before  # the notebook file itself is never rewritten
-    assert not any(kernel_env.iterdir()), "the notebook wrote files into its working directory"
+    text = run_in_fast_mode(NOTEBOOKS / name, kernel_env, CELL_TIMEOUT, EXPECTED[name], 3)
 
     if name.startswith("01"):
         # LoRA and LoRA+: every measured slope agrees with the calculus
