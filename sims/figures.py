@@ -1376,8 +1376,9 @@ FIGURES: dict[str, FigureSpec] = {
             "real_ladder",
             ladder_figures.plot_speedup,
             "Validation curves of tuned LoRA, LoRA+ at λ = 2^4 with η_A tuned, the best run and "
-            "the B-only baseline; the title gives the steps LoRA+ needs to reach tuned LoRA's "
-            "final loss as a speed-up with its bootstrap interval, read off the validation "
+            "the B-only baseline; the title gives the steps after which LoRA+ stays at or below "
+            "tuned LoRA's final loss as a speed-up with its bootstrap interval, read off the "
+            "validation "
             "curves (their own small evaluation set, every few steps; the landscapes' final "
             "losses use a larger one). Not reached: LoRA+'s curve ends above tuned LoRA's last "
             "point; the share of resamples in which it reaches it is in brackets.",
@@ -1490,14 +1491,21 @@ def generate(
         csv = out / "data" / f"{spec.experiment}.csv"
         if spec.measured is not None and spec.experiment not in data and csv.is_file():
             data[spec.experiment] = pd.read_csv(csv)
-    atomic_write(out / "README.md", readme_text(data, fast=fast))
+    present = {name for name in FIGURES if (out / f"{name}.png").is_file()}
+    atomic_write(out / "README.md", readme_text(data, fast=fast, present=present))
     return made
 
 
-def readme_text(data: dict[str, pd.DataFrame] | None = None, *, fast: bool = False) -> str:
-    """``figures/README.md``: every figure with its caption, the numbers measured on its data
-    (when ``data`` holds its experiment) and the command that made it; a fast preview says so
-    at the top and in every caption."""
+def readme_text(
+    data: dict[str, pd.DataFrame] | None = None,
+    *,
+    fast: bool = False,
+    present: set[str] | None = None,
+) -> str:
+    """``figures/README.md``: every figure (of ``present``, the ones whose PNG is in the folder,
+    when given) with its caption, the numbers measured on its data (when ``data`` holds its
+    experiment) and the command that made it; a fast preview says so at the top and in every
+    caption."""
     data = data or {}
     if fast:
         lines = [
@@ -1523,6 +1531,8 @@ def readme_text(data: dict[str, pd.DataFrame] | None = None, *, fast: bool = Fal
             "",
         ]
     for f in FIGURES.values():
+        if present is not None and f.name not in present:
+            continue
         caption = f.caption
         if f.measured is not None and f.experiment in data:
             caption = f"{caption} {f.measured(data[f.experiment])}"

@@ -141,7 +141,7 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> No
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} is a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"out: {out} exists and is not empty (pass overwrite=True to replace it)")
+        raise InputError(f"out: {out} exists and is not empty; give a new or empty folder")
     parent = out.parent
     while not parent.exists():
         parent = parent.parent

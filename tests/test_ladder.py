@@ -264,6 +264,9 @@ def test_speedup_and_hit_time() -> None:
     steps = np.array([0, 2, 4, 6])
     assert LA._hit(np.array([3.0, 2.5, 2.0, 1.5]), steps, 2.25) == pytest.approx(3.0)
     assert math.isnan(LA._hit(np.array([3.0, 2.9, 2.8, 2.7]), steps, 2.0))
+    # a dip below the target that comes back up is not reaching it: from the last crossing on
+    assert LA._hit(np.array([3.0, 2.0, 2.5, 2.0]), steps, 2.25) == pytest.approx(5.0)
+    assert math.isnan(LA._hit(np.array([3.0, 2.0, 2.1, 2.3]), steps, 2.25))
     L = LA.landscapes(synthetic_rows(widths=(32, 64), v0=-2.0))  # λ* = 2^4 at width 32
     iv = LA.per_width_intervals(L, 16.0, n_boot=99).set_index(["width", "quantity"])
     s = iv.loc[(32, "speedup")]
@@ -280,6 +283,32 @@ def test_verdict_uses_the_interval() -> None:
 
 
 # ------------------------------------------------------------------------ jobs and the store
+def test_refinement_centres_on_the_final_loss_the_landscape_is_read_on(tmp_path: Path) -> None:
+    """The patch goes around the best cell by ``final_loss`` (the larger evaluation set), not by
+    the last point of the cheaper validation curve, where the two disagree."""
+    from types import SimpleNamespace
+
+    from loraplus_lab.sims.realmodels.ladder import refinement_patches
+
+    store = Store(tmp_path / "store")
+    rows = []
+    for u, v, curve, final in (
+        (-8.0, -5.0, 2.0, 2.5),
+        (-6.0, -4.0, 2.4, 2.1),
+        (-7.0, -6.0, 2.6, 2.6),
+    ):
+        for s in (0, 1):
+            rows.append({"eta_a": 2.0**u, "eta_b": 2.0**v, "step": 10, "seed": s,
+                         "val_loss": curve, "final_loss": final})  # fmt: skip
+    store.write_job("a" * 20, pd.DataFrame(rows))
+    grid = {"refine": 0.5, "refine_radius": 0.5}
+    coarse = [(-8.0, -5.0), (-6.0, -4.0), (-7.0, -6.0)]
+    groups = {32: [SimpleNamespace(key="a" * 20)]}
+    patch = refinement_patches(store.path, groups, coarse, grid, steps=10)[32]
+    assert (-6.5, -4.5) in patch and (-5.5, -3.5) in patch  # around (-6, -4), the final loss's
+    assert (-8.5, -5.5) not in patch  # not around (-8, -5), the curve's best
+
+
 def test_jobs_are_staged_and_keys_stable(tmp_path: Path) -> None:
     spec = parse_ladder_spec(tiny_spec_text(tmp_path), "tiny.toml")
     jobs = ladder_jobs(spec)
@@ -432,6 +461,26 @@ def test_cli_bad_corpus_exit_2(tmp_path, capsys, content, message) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_unreachable_hugging_face_corpus_one_line_nothing_written(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """Offline, a ``hf:`` corpus cannot be had: one line naming it, exit 2, no store."""
+    datasets = pytest.importorskip("datasets")
+    from loraplus_lab.sims.cli import main
+
+    def no_network(name, config=None):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    text = tiny_spec_text(tmp_path)
+    spec = tmp_path / "hf.toml"
+    spec.write_text(text.replace(str(tmp_path / "prose.txt"), "hf:wikitext:wikitext-2-raw-v1"))
+    assert main(["ladder", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "hf:wikitext:wikitext-2-raw-v1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_resume_needs_a_ladder_store(tmp_path, capsys) -> None:
     from loraplus_lab.sims.cli import main
 
@@ -464,6 +513,10 @@ def test_real_figures_in_fast_mode(tmp_path: Path, monkeypatch, capsys) -> None:
     full = figures.readme_text({"real_ladder": data})
     assert "Measured slopes against log2 n" in full and "Measured speed-up" in full
     assert "Measured share of the best run's finetuning gain" in full
+    # the folder's gallery shows the three figures it holds and links to nothing else
+    gallery = (out / "README.md").read_text()
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", gallery))
+    assert linked == {f"{n}.png" for n in names.split(",")}
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,11 @@ def report(optima: transfer.ProxyOptima, rule: transfer.ScalingRule, p: transfer
             f"  warning: at n = {w:g} the optimum lies on the grid's edge: a bound, not an "
             "estimate (widen the grid there)"
         )
+    if len(optima.widths) == 2:
+        lines.append(
+            "  warning: two proxy widths: a line through two points has no residual, so nothing "
+            "checks the fitted exponents (--mode free) against the data; three or more are better"
+        )
     lines += [
         f"rule ({rule.mode}): {rule.formula()}",
         f"  fitted exponents a = {rule.free_a:+.2f} ± {rule.se_a:.2f}, b = {rule.free_b:+.2f} ± "

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -261,26 +261,35 @@ def pretrain_base(
         "torch": torch.__version__,
     }
     staging = partial_dir(folder)
-    model.save_pretrained(staging, safe_serialization=True)
+    with _no_hub_bars():
+        model.save_pretrained(staging, safe_serialization=True)
     _atomic_json(staging / "pretrain.json", record)
     publish_dir(staging, folder)
     shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
-def load_base(folder: str | os.PathLike[str]) -> nn.Module:
-    """A pretrained base from its folder (eval mode, float32, every parameter frozen)."""
+@contextlib.contextmanager
+def _no_hub_bars() -> Iterator[None]:
+    """transformers' progress bars off (loading or writing a small base, once per job, would
+    bury the ladder's own progress), then as they were."""
     from transformers.utils import logging as hf_logging
 
-    from loraplus_lab.sims.realmodels.models import load_model
-
     shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar per job would bury the ladder's own progress
+    hf_logging.disable_progress_bar()
     try:
-        model = load_model(folder, task="causal-lm")
+        yield
     finally:
         if shown:
             hf_logging.enable_progress_bar()
+
+
+def load_base(folder: str | os.PathLike[str]) -> nn.Module:
+    """A pretrained base from its folder (eval mode, float32, every parameter frozen)."""
+    from loraplus_lab.sims.realmodels.models import load_model
+
+    with _no_hub_bars():
+        model = load_model(folder, task="causal-lm")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -203,7 +203,14 @@ def _hf_corpus(name: str, val_fraction: float) -> Corpus:
         raise CorpusError(f"bad dataset corpus {name!r}: use hf:NAME or hf:NAME:CONFIG")
     from datasets import load_dataset
 
-    ds = load_dataset(parts[1], parts[2] if len(parts) == 3 else None)
+    try:
+        ds = load_dataset(parts[1], parts[2] if len(parts) == 3 else None)
+    except Exception as e:  # no network, no such dataset or config: datasets raises many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CorpusError(
+            f"cannot load the Hugging Face dataset {name!r} ({type(e).__name__}: {first}); "
+            "it needs the network the first time, or a copy in the datasets cache"
+        ) from None
     if "train" not in ds or "text" not in ds["train"].column_names:
         raise CorpusError(f"dataset {name!r} has no train split with a 'text' column")
     train = [(f"train/{i}", t) for i, t in enumerate(ds["train"]["text"])]

@@ -662,8 +662,9 @@ def refinement_patches(
     """For every group (a width, a model) whose coarse jobs are all in the store: the points of
     the refinement patch around its best coarse cell that the coarse stage did not run.
 
-    The best cell has the lowest seed-mean loss at the last evaluation of the validation curve
-    (``val_loss`` at step ``steps``; runs that train ``A`` only)."""
+    The best cell has the lowest seed-mean final loss (``final_loss``, the larger evaluation set
+    the landscape itself is read on; ``val_loss`` at step ``steps`` where a run records no
+    final loss), over the runs that train ``A``."""
     from loraplus_lab.sims.sweep.store import Store
 
     if not grid["refine"]:
@@ -677,7 +678,12 @@ def refinement_patches(
             continue
         df = pd.concat([store.read_job(j.key) for j in jobs], ignore_index=True)
         last = df[(df["step"] == steps) & (df["eta_a"] > 0)]
-        means = last.groupby(["eta_a", "eta_b"])["val_loss"].mean()
+        loss = (
+            "final_loss"
+            if "final_loss" in last and last["final_loss"].notna().any()
+            else "val_loss"
+        )
+        means = last.groupby(["eta_a", "eta_b"])[loss].mean()
         means = means[np.isfinite(means)]
         if means.empty:
             continue
@@ -773,7 +779,13 @@ def run_ladder(
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``spec`` into the store ``out`` (creating or resuming it) until no
-    job is left (:func:`run_stages`)."""
+    job is left (:func:`run_stages`). A Hugging Face corpus is fetched first, so that one that
+    cannot be had stops the run before anything is written."""
+    from loraplus_lab.sims.realmodels.corpus import load_corpus
+
+    for corpus in dict.fromkeys((spec.pretrain["corpus"], spec.finetune["corpus"])):
+        if str(corpus).startswith("hf:"):
+            load_corpus(corpus)
     return run_stages(
         spec, out, ladder_jobs, executor=executor, workers=workers, progress=progress,
         on_stage=on_stage,

@@ -16,9 +16,9 @@ the seeds are drawn with replacement (the same draw at every width), the seed-me
 recomputed, the optimum is located afresh, the tuned runs are re-selected, and the statistic
 (a slope across widths, a speed-up) is recomputed. The point estimate uses all seeds.
 
-Speed-up: with ``L_target`` the last point of tuned LoRA's seed-mean validation curve, the steps
-LoRA+ needs to reach it are read off its own seed-mean curve (linear interpolation between
-evaluations); the speed-up is ``T / steps``. A curve that never reaches the target gives no
+Speed-up: with ``L_target`` the last point of tuned LoRA's seed-mean validation curve, the step
+from which LoRA+'s own seed-mean curve stays at or below it (linear interpolation at its last
+crossing) gives the speed-up ``T / steps``. A curve that ends above the target gives no
 speed-up (NaN), and the fraction of resamples in which it is reached is reported.
 """
 
@@ -148,15 +148,17 @@ def _optimum(u: np.ndarray, v: np.ndarray, mean: np.ndarray):  # noqa: ANN202
 
 
 def _hit(curve: np.ndarray, steps: np.ndarray, target: float) -> float:
-    """First step at which ``curve`` reaches ``target`` (linear interpolation), or NaN."""
+    """The step from which ``curve`` stays at or below ``target`` to its end (linear
+    interpolation at its last crossing from above), or NaN where it ends above: a noisy curve
+    that dips below the target and comes back up has not reached it yet."""
     ok = np.isfinite(curve)
     c, s = curve[ok], steps[ok]
-    below = np.flatnonzero(c <= target)
-    if below.size == 0:
+    if c.size == 0 or c[-1] > target:
         return float("nan")
-    k = below[0]
-    if k == 0:
+    above = np.flatnonzero(c > target)
+    if above.size == 0:
         return float(s[0])
+    k = above[-1] + 1  # the first evaluation of the final stretch at or below the target
     c0, c1 = c[k - 1], c[k]
     return float(s[k - 1] + (s[k] - s[k - 1]) * (c0 - target) / (c0 - c1))
 
@@ -598,8 +600,8 @@ def report(tables: dict, ratio: float | None) -> str:
                 f"that needs A to move {100 * r.best_gain_through_a:.0f}%"
             )
         lines.append(
-            f"           LoRA+ speed-up over tuned LoRA {speed}, final loss "
-            f"{cell(w, 'ratio_vs_equal', '+.2%')} lower{moved}"
+            f"           LoRA+ speed-up over tuned LoRA {speed}, final loss below tuned LoRA's "
+            f"by {cell(w, 'ratio_vs_equal', '+.2%')} (negative: above){moved}"
         )
     lines += [
         "",

@@ -31,7 +31,7 @@ MIN_HEADS = 2
 #: Default LoRA target modules per architecture, as in the LoRA+ paper's GLUE scripts.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "roberta": ("query", "key"),
+    "roberta": ("query", "value"),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
 

@@ -225,7 +225,8 @@ def measured_speedup(df: pd.DataFrame) -> str:
             f"n = {w}: {v:.2f}× [{lo:.2f}, {hi:.2f}]" if v == v else f"n = {w}: not reached"
         )
     return (
-        "Measured speed-up T / (steps LoRA+ needs to reach tuned LoRA's final loss), 95% "
+        "Measured speed-up T / (the step from which LoRA+ stays at or below tuned LoRA's final "
+        "loss), 95% "
         f"bootstrap over {t['seeds']} seeds with both lines re-tuned in every resample: "
         + "; ".join(parts)
         + "."

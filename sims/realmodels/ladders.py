@@ -26,7 +26,7 @@ All dropout is off (dropout would make a fixed probe batch non-deterministic).
 
 LoRA targets (:data:`DEFAULT_TARGETS`) follow the LoRA+ paper's GLUE scripts
 (nikhil-ghosh-berkeley/loraplus ``glue/scripts``): GPT-2 ``c_attn, c_proj, c_fc`` (``c_proj``
-matches both the attention and the MLP output projection), RoBERTa ``query, key``, Llama all
+matches both the attention and the MLP output projection), RoBERTa ``query, value``, Llama all
 seven projections.
 """
 

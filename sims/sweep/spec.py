@@ -374,8 +374,8 @@ class _Checker:
         if not isinstance(value, str):
             self.fail(key, f"{what} must be one of {', '.join(choices)}", value)
         close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        self.fail(key, f"unknown {what} {_show(value)}; {hint}(choose from {', '.join(choices)})")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        self.fail(key, f"unknown {what} {_show(value)}{hint} (choose from {', '.join(choices)})")
 
 
 def _join(prefix: str, key: str) -> str:
