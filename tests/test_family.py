@@ -88,3 +88,16 @@ def test_two_local_models_give_the_ladder_analysis(tmp_path: Path, capsys, monke
     table = LA.optima_table(LA.landscapes(df), 16.0)
     assert len(table) == 2 and table["best_loss"].notna().all()
     assert main(["show", str(out)]) == 0 and "per width" in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_be_had_is_one_line_and_nothing_written(tmp_path: Path, capsys) -> None:
+    from loraplus_lab.sims.cli import main
+
+    text = _setup(tmp_path).replace(str(tmp_path / "m64"), "no-such-org/no-such-model")
+    spec = tmp_path / "family.toml"
+    spec.write_text(text)
+    capsys.readouterr()  # the set-up's own output
+    assert main(["ladder", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

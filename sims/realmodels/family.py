@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loraplus_lab.sims.checks import InputError
 from loraplus_lab.sims.realmodels.ladder import (
     coarse_points,
     parse_rates,
@@ -337,9 +338,26 @@ def run_family(
     progress: bool | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage of ``spec`` into the store ``out`` until no job is left."""
+    """Run every stage of ``spec`` into the store ``out`` until no job is left. Every model's
+    config and tokenizer are loaded first, so that a model that cannot be had (no network, a
+    wrong name) stops the run with one line before anything is written."""
+    from transformers import AutoTokenizer
+
     from loraplus_lab.sims.realmodels.ladder import run_stages
 
+    offline = bool(spec.finetune["offline"])
+    for model in spec.models:
+        try:
+            hidden_size(model, offline=offline)
+            AutoTokenizer.from_pretrained(model, local_files_only=offline)
+        except SpecError:
+            raise
+        except Exception as e:  # transformers raises OSError, ValueError, HTTP errors, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise InputError(
+                f"cannot load model {model!r} ({type(e).__name__}: {first}); a hub name needs "
+                "the network the first time, or a copy in the Hugging Face cache"
+            ) from None
     return run_stages(
         spec, out, family_jobs, executor=executor, workers=workers, progress=progress,
         on_stage=on_stage,
