@@ -290,7 +290,7 @@ def test_other_archs_run(arch: str) -> None:
     expected = {
         "llama": {f"self_attn.{x}_proj" for x in "qkvo"}
         | {f"mlp.{x}_proj" for x in ("gate", "up", "down")},
-        "roberta": {"attention.self.query", "attention.self.key"},
+        "roberta": {"attention.self.query", "attention.self.value"},
     }[arch]
     assert types == expected
     assert np.isfinite(df["value"]).all()
