@@ -14,7 +14,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -118,14 +118,19 @@ def linear_params(fast: bool) -> list[Parametrization]:
     return _linear_params(-14, -2, 2.0, 0.5) if fast else _linear_params(-16, -1, 1.0, 0.25)
 
 
-def _run_linear_task(
-    widths: list[int], params: list[Parametrization], fast: bool, optimizer: str
+def _linear_last_step(
+    widths: list[int],
+    params: list[Parametrization],
+    seeds: Sequence[int],
+    task: dict,
+    optimizer: str,
+    chunk: int | None,
 ) -> pd.DataFrame:
-    """The linear task of :func:`linear_setup` under ``optimizer``: rows of the last step (under
-    GD in chunks of 256 configurations, ≈ 1 GB per batch at n = 2^13)."""
+    """The linear task ``task`` (:func:`linear_setup`) under ``optimizer``, simulated for
+    ``LINEAR_STEPS`` steps in batches of at most ``chunk`` configurations: the rows of the last
+    step."""
     from loraplus_lab.sims.toy import simulate_batch
 
-    _, seeds, task = linear_setup(fast, optimizer)
     df = simulate_batch(
         widths,
         params,
@@ -134,9 +139,20 @@ def _run_linear_task(
         problem="general",
         problem_options=task,
         optimizer=optimizer,
-        chunk=256 if optimizer == "gd" else None,
+        chunk=chunk,
     )
     return df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+
+
+def _run_linear_task(
+    widths: list[int], params: list[Parametrization], fast: bool, optimizer: str
+) -> pd.DataFrame:
+    """The linear task of :func:`linear_setup` under ``optimizer``: rows of the last step (under
+    GD in chunks of 256 configurations, ≈ 1 GB per batch at n = 2^13)."""
+    _, seeds, task = linear_setup(fast, optimizer)
+    return _linear_last_step(
+        widths, params, seeds, task, optimizer, 256 if optimizer == "gd" else None
+    )
 
 
 def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
@@ -181,20 +197,8 @@ CURVE_RATIOS = (-2.0, 6.0, 0.5)
 def _curve_rows(
     widths: list[int], params: list[Parametrization], seeds: range, optimizer: str
 ) -> pd.DataFrame:
-    from loraplus_lab.sims.toy import simulate_batch
-
     task = linear_setup(False, optimizer)[2]
-    df = simulate_batch(
-        widths,
-        params,
-        seeds,
-        steps=LINEAR_STEPS,
-        problem="general",
-        problem_options=task,
-        optimizer=optimizer,
-        chunk=512,
-    )
-    df = df[df["step"] == LINEAR_STEPS].reset_index(drop=True)
+    df = _linear_last_step(widths, params, seeds, task, optimizer, 512)
     df["rule"] = df["param"].str.split("|").str[0]
     df["log2_eta"] = np.log2(df["eta_a_base"].to_numpy(float))
     return df
@@ -272,7 +276,6 @@ def refine_linear_landscape(
     runs again (at most ``rounds`` windows in all). Returns the rows of the last window at each
     width (``param`` ``"fine<i>_<j>"``), without the coarse rows.
     """
-    from loraplus_lab.sims.toy import simulate_batch
 
     task = linear_setup(False, optimizer)[2]
     seeds = sorted(int(s) for s in coarse["seed"].unique())
@@ -286,17 +289,7 @@ def refine_linear_landscape(
                 Parametrization(f"fine{i}_{j}", 2.0 ** (cu + a), 2.0 ** (cv + b), 0, 0)
                 for (i, a), (j, b) in itertools.product(enumerate(offsets), enumerate(offsets))
             ]
-            df = simulate_batch(
-                [s.width],
-                params,
-                seeds,
-                steps=LINEAR_STEPS,
-                problem="general",
-                problem_options=task,
-                optimizer=optimizer,
-                chunk=512,
-            )
-            df = df[df["step"] == LINEAR_STEPS]
+            df = _linear_last_step([s.width], params, seeds, task, optimizer, 512)
             (w,) = landscape.surfaces(df, loss="test_loss")
             o = landscape.find_optimum(w.u, w.v, w.mean(), smooth=0)
             if not o.at_edge:

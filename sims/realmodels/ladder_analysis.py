@@ -525,10 +525,11 @@ def analyze(df: pd.DataFrame, ratio: float | None, *, n_boot: int = 999, seed: i
     L = landscapes(df)
     optima = optima_table(L, ratio)
     finals = finals_table(L, ratio)
-    row = common_row(L, ratio)
+    fits = scaling_fits(L, ratio, n_boot=n_boot, seed=seed)
+    row = float(fits.loc[fits["quantity"] == "log2_eta_a_at_row", "row"].iloc[0])
     return {
         "optima": optima,
-        "fits": scaling_fits(L, ratio, n_boot=n_boot, seed=seed),
+        "fits": fits,
         "intervals": per_width_intervals(L, ratio, n_boot=n_boot, seed=seed),
         "curves": curves_table(L, ratio),
         "finals": finals,
