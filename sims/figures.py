@@ -145,20 +145,31 @@ def _linear_last_step(
 
 
 def _run_linear_task(
-    widths: list[int], params: list[Parametrization], fast: bool, optimizer: str
+    widths: list[int],
+    params: list[Parametrization],
+    fast: bool,
+    optimizer: str,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """The linear task of :func:`linear_setup` under ``optimizer``: rows of the last step (under
-    GD in chunks of 256 configurations, ≈ 1 GB per batch at n = 2^13)."""
-    _, seeds, task = linear_setup(fast, optimizer)
+    """The linear task of :func:`linear_setup` under ``optimizer`` (its seeds unless ``seeds``
+    are given): rows of the last step (under GD in chunks of 256 configurations, ≈ 1 GB per
+    batch at n = 2^13)."""
+    _, own, task = linear_setup(fast, optimizer)
     return _linear_last_step(
-        widths, params, seeds, task, optimizer, 256 if optimizer == "gd" else None
-    )
+        widths, params, own if seeds is None else seeds, task, optimizer,
+        256 if optimizer == "gd" else None,
+    )  # fmt: skip
 
 
-def run_linear(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
-    """The linear task under Adam (:func:`linear_setup`'s seeds and task): rows of the last
-    step."""
-    return _run_linear_task(widths, params, fast, "adam")
+def run_linear(
+    widths: list[int],
+    params: list[Parametrization],
+    fast: bool,
+    seeds: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """The linear task under Adam (:func:`linear_setup`'s seeds unless ``seeds`` are given, and
+    its task): rows of the last step."""
+    return _run_linear_task(widths, params, fast, "adam", seeds)
 
 
 def collect_linear_landscape(fast: bool) -> pd.DataFrame:
@@ -172,10 +183,15 @@ def linear_gd_params(fast: bool) -> list[Parametrization]:
     return _linear_params(-14, 2, 2.0, 0.5) if fast else _linear_params(-14, 2, 0.5, 0.25)
 
 
-def run_linear_gd(widths: list[int], params: list[Parametrization], fast: bool) -> pd.DataFrame:
+def run_linear_gd(
+    widths: list[int],
+    params: list[Parametrization],
+    fast: bool,
+    seeds: Sequence[int] | None = None,
+) -> pd.DataFrame:
     """The linear task with m = 8 outputs under gradient descent (:func:`linear_setup`'s seeds
-    and task): rows of the last step."""
-    return _run_linear_task(widths, params, fast, "gd")
+    unless ``seeds`` are given, and its task): rows of the last step."""
+    return _run_linear_task(widths, params, fast, "gd", seeds)
 
 
 def collect_linear_landscape_gd(fast: bool) -> pd.DataFrame:
@@ -438,29 +454,42 @@ def collect_twolayer(fast: bool) -> pd.DataFrame:
 @dataclass(frozen=True)
 class TransferTask:
     """A task of the transfer validation: its rate grid, its runner (widths, parametrizations,
-    fast → tidy rows) and, for fast and full mode, the proxy widths and the target width."""
+    fast, and optionally the seeds → tidy rows), for fast and full mode the proxy widths and the
+    target width, and the number of held-out seeds at the target (0: no held-out validation)."""
 
     name: str
     params: Callable[[bool], list[Parametrization]]
-    run: Callable[[list[int], list[Parametrization], bool], pd.DataFrame]
+    run: Callable[..., pd.DataFrame]
     proxies: tuple[tuple[int, ...], tuple[int, ...]]
     target: tuple[int, int]
+    holdout: tuple[int, int] = (0, 0)
 
 
 #: The tasks of the `transfer` figure: the same grids, seeds and runners as the landscape figures
 #: (where a width is shared, the runs are the same runs). The linear tasks predict a target four
 #: octaves above the widest proxy; the two-layer net, whose runs cost far more, two.
+#:
+#: Held-out validation (fixed before it was first run): the linear tasks are also judged on 256
+#: seeds that no tuning saw (seeds 1000–1255; fast: 3). Every strategy's rates, and the target's
+#: own optimum, come from the tuning seeds as before and are then run at the target on the
+#: held-out seeds; regret = L(strategy)/L(tuned at the target) − 1 there, with 100 replicates
+#: that resample both seed sets independently. The in-sample table stays beside it. (The
+#: two-layer net has none: 700 rate pairs × 16 seeds at n = 1024 would take about 17 minutes.)
 TRANSFER_TASKS = (
     TransferTask(
-        "linear, Adam", linear_params, run_linear, ((32, 64), (64, 128, 256)), (512, 4096)
+        "linear, Adam", linear_params, run_linear, ((32, 64), (64, 128, 256)), (512, 4096),
+        (3, 256),
     ),
     TransferTask(
-        "linear, GD", linear_gd_params, run_linear_gd, ((32, 64), (128, 256, 512)), (512, 8192)
+        "linear, GD", linear_gd_params, run_linear_gd, ((32, 64), (128, 256, 512)), (512, 8192),
+        (3, 256),
     ),
     TransferTask(
         "two-layer, Adam", twolayer_params, run_twolayer, ((32, 64), (64, 128, 256)), (256, 1024)
     ),
-)
+)  # fmt: skip
+#: The first held-out seed of the transfer validation (the tuning seeds are 0, 1, …).
+TRANSFER_HOLDOUT_SEED0 = 1000
 #: Bootstrap replicates of the transfer validation (fast, full); each is run at the target.
 TRANSFER_REPLICATES = (20, 100)
 
@@ -473,7 +502,9 @@ def transfer_task_rows(task: TransferTask, fast: bool, *, seed: int = 0) -> pd.D
     Rows of four kinds: ``strategy`` (the table), ``replicate`` (every strategy's rates and
     regret in every replicate), ``optimum`` (per width: the optimum with its percentile interval
     over the replicates, ``role`` proxy or target) and ``rule`` (the rules fitted to the
-    proxies, one per mode, with their prediction at the target)."""
+    proxies, one per mode, with their prediction at the target); and, where the task has
+    held-out seeds, ``holdout`` (the table on the held-out seeds, :func:`transfer.
+    holdout_replicates`, with ``holdout_seeds``)."""
     from loraplus_lab.sims import transfer
 
     proxies = list(task.proxies[0 if fast else 1])
@@ -493,6 +524,16 @@ def transfer_task_rows(task: TransferTask, fast: bool, *, seed: int = 0) -> pd.D
         table.assign(kind="strategy"),
         reps.assign(kind="replicate", task=task.name),
     ]
+    n_hold = task.holdout[0 if fast else 1]
+    if n_hold > 0:
+        held = list(range(TRANSFER_HOLDOUT_SEED0, TRANSFER_HOLDOUT_SEED0 + n_hold))
+        hdraws = transfer.seed_resamples(n_hold, len(draws), seed + 1)
+        hev = transfer.simulator_evaluator(lambda p: task.run([target], p, fast, seeds=held), held)
+        hreps = transfer.holdout_replicates(summary, draws, target, hev, hdraws)
+        htable = transfer.summarize_validation(
+            hreps, task=task.name, proxies=proxies, target=target, seeds=len(seeds)
+        )
+        frames.append(htable.assign(kind="holdout", holdout_seeds=n_hold))
     opt_rows = []
     for w, g in summary.groupby("width"):
         point, boot = g[g["replicate"] == -1].iloc[0], g[g["replicate"] >= 0]
@@ -1008,6 +1049,34 @@ def report_transfer(df: pd.DataFrame) -> str:
             table[c] = 100 * table[c]
         lines.append(table.round(3).to_string(index=False))
         lines.append(_transfer_verdict(st))
+        ho = d[d["kind"] == "holdout"]
+        if len(ho):
+            lines.append(_holdout_report(st, ho))
+    return "\n".join(lines)
+
+
+def _holdout_report(st: pd.DataFrame, ho: pd.DataFrame) -> str:
+    """The held-out table of one task (rows ``kind == "holdout"``), what tuning at the target
+    promised on its own seeds against what its rates reach on fresh ones, and the verdict."""
+    t_in = st.set_index("strategy").loc["target"]
+    t_out = ho.set_index("strategy").loc["target"]
+    promised, reached = float(t_in["reference_loss"]), float(t_out["loss"])
+    lines = [
+        f"  held out: the same rates run at n = {int(t_out['target'])} on "
+        f"{int(t_out['holdout_seeds'])} seeds no tuning saw; regret against the target's own "
+        "tuned rates run there too. Tuning at the target promised L = "
+        f"{promised:.4g} on its tuning seeds; its rates reach L = {reached:.4g} on the held-out "
+        f"seeds ({100 * (reached / promised - 1):+.1f}%: the in-sample reference's winner's curse "
+        "plus the seed sets' difference).",
+    ]
+    table = ho[
+        ["strategy", "log2_eta_a", "log2_eta_b", "loss", "regret", "regret_low",
+         "regret_high", "err_log2_eta_a", "err_log2_eta_b", "diverged"]
+    ].copy()  # fmt: skip
+    for c in ("regret", "regret_low", "regret_high"):
+        table[c] = 100 * table[c]
+    lines.append(table.round(3).to_string(index=False))
+    lines.append(_transfer_verdict(ho).replace("  goal", "  goal, held out", 1))
     return "\n".join(lines)
 
 
@@ -1098,8 +1167,23 @@ def measured_transfer(df: pd.DataFrame) -> str:
             if f is not None
             else ""
         )
+        ho = df[(df["task"] == task) & (df["kind"] == "holdout") & (df["strategy"] != "target")]
+        held = ""
+        if len(ho):
+            held = (
+                f"; on {int(ho['holdout_seeds'].iloc[0])} held-out seeds against the target's "
+                "tuned rates run there: "
+                + "; ".join(
+                    f"({r.strategy}) diverged"
+                    if np.isposinf(r.regret)
+                    else f"({r.strategy}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
+                    f"{100 * r.regret_high:+.1f}]"
+                    for r in ho.itertuples()
+                )
+            )
         parts.append(
-            f"{task} ({t['proxies']} → {int(t['target'])}, {int(t['seeds'])} seeds): {regrets}{off}"
+            f"{task} ({t['proxies']} → {int(t['target'])}, {int(t['seeds'])} seeds): "
+            f"{regrets}{off}{held}"
         )
     return (
         "Measured loss regret at the target, 95% percentile intervals over "

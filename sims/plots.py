@@ -366,9 +366,15 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
     there directly) — and the rules fitted to the proxies extended to the target (dashed: the
     theory's exponents, dotted: fitted, solid: blend). Bottom: each strategy's loss regret at the
     target against tuning there (%, symmetric log scale) with its percentile interval; a hatched
-    bar reaching the top marks rates at which a seed diverged; the dashed line is ``goal``."""
+    bar reaching the top marks rates at which a seed diverged; the dashed line is ``goal``. A
+    third row, where a task has held-out seeds: the same on the held-out seeds, against the
+    target's tuned rates run there."""
     tasks = list(dict.fromkeys(df["task"]))
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 7.4), squeeze=False)
+    held = bool((df["kind"] == "holdout").any())
+    rows = 3 if held else 2
+    fig, axes = plt.subplots(
+        rows, len(tasks), figsize=(4.6 * len(tasks), 3.7 * rows), squeeze=False
+    )
     for col, task in enumerate(tasks):
         d = df[df["task"] == task]
         ax = axes[0, col]
@@ -402,47 +408,70 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
             ]
             h, _ = ax.get_legend_handles_labels()
             ax.legend(handles=h + extra, fontsize=6, loc="best")
-        ax = axes[1, col]
         st = d[(d["kind"] == "strategy") & (d["strategy"] != "target")]
-        pos = np.arange(len(st))
-        reg = 100 * st["regret"].to_numpy(float)
-        lo = 100 * st["regret_low"].to_numpy(float)
-        hi = 100 * st["regret_high"].to_numpy(float)
-        finite = np.isfinite(reg)
-        shown = np.concatenate([reg[finite], hi[np.isfinite(hi)]])
-        top = max(10.0, float(np.max(shown, initial=10.0)) * 3)
-        colors = [PALETTE[2] if s in ("d", "e", "f") else PALETTE[7] for s in st["strategy"]]
-        ax.bar(pos[finite], reg[finite], color=np.array(colors, dtype=object)[finite], alpha=0.8)
-        for p in pos[~finite]:
-            ax.bar(p, top, color="none", edgecolor="#d62728", hatch="//", lw=1)
-            ax.text(p, top / 3, "diverged", rotation=90, ha="center", va="center", fontsize=7)
-        ok = finite & np.isfinite(lo)
-        hi_c = np.where(np.isfinite(hi), hi, top)
-        ax.errorbar(pos[ok], reg[ok], yerr=[reg[ok] - lo[ok], hi_c[ok] - reg[ok]], fmt="none",
-                    ecolor="k", capsize=3, lw=1)  # fmt: skip
-        for p, r, frac in zip(pos, reg, st["diverged"].to_numpy(float), strict=True):
-            if np.isfinite(r):
-                ax.text(p, max(r, 0) + 0.02, f"{r:.1f}%", ha="center", va="bottom", fontsize=6)
-            if 0 < frac < 1 and np.isfinite(r):
-                ax.text(p, top, f"{100 * frac:.0f}% of\nresamples\ndiverge", ha="center",
-                        va="top", fontsize=5, color="#d62728")  # fmt: skip
-        ax.axhline(100 * goal, color="0.3", ls="--", lw=0.8)
-        ax.set_yscale("symlog", linthresh=1.0)
-        low = np.concatenate([reg[finite], lo[np.isfinite(lo)]])
-        ax.set_ylim(bottom=min(-1.0, float(np.min(low, initial=0.0)) * 1.5), top=top)
-        ax.set_xticks(pos, [STRATEGY_SHORT.get(s, s) for s in st["strategy"]], fontsize=6)
         t = st.iloc[0]
-        ax.set_ylabel("loss regret at the target [%]")
-        ax.set_title(
+        _regret_bars(
+            axes[1, col],
+            st,
+            goal,
             f"proxies n = {t['proxies']} → target n = {int(t['target'])}\n"
             f"{int(t['seeds'])} seeds, {int(t['replicates'])} bootstrap replicates",
-            fontsize=8,
+            "loss regret at the target [%]",
         )
-        ax.grid(True, axis="y", alpha=0.3)
+        if held:
+            ho = d[(d["kind"] == "holdout") & (d["strategy"] != "target")]
+            ax = axes[2, col]
+            if len(ho):
+                _regret_bars(
+                    ax,
+                    ho,
+                    goal,
+                    f"held out: the same rates on {int(ho['holdout_seeds'].iloc[0])} fresh "
+                    "seeds,\nagainst the target's tuned rates run there",
+                    "regret on held-out seeds [%]",
+                )
+            else:
+                ax.axis("off")
+                ax.text(0.5, 0.5, "no held-out seeds", ha="center", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _regret_bars(ax, st: pd.DataFrame, goal: float, title: str, ylabel: str) -> None:
+    """Bars of each strategy's regret (%, symmetric log scale) with its percentile interval;
+    hatched where its rates diverged, the dashed line at ``goal``."""
+    pos = np.arange(len(st))
+    reg = 100 * st["regret"].to_numpy(float)
+    lo = 100 * st["regret_low"].to_numpy(float)
+    hi = 100 * st["regret_high"].to_numpy(float)
+    finite = np.isfinite(reg)
+    shown = np.concatenate([reg[finite], hi[np.isfinite(hi)]])
+    top = max(10.0, float(np.max(shown, initial=10.0)) * 3)
+    colors = [PALETTE[2] if s in ("d", "e", "f") else PALETTE[7] for s in st["strategy"]]
+    ax.bar(pos[finite], reg[finite], color=np.array(colors, dtype=object)[finite], alpha=0.8)
+    for p in pos[~finite]:
+        ax.bar(p, top, color="none", edgecolor="#d62728", hatch="//", lw=1)
+        ax.text(p, top / 3, "diverged", rotation=90, ha="center", va="center", fontsize=7)
+    ok = finite & np.isfinite(lo)
+    hi_c = np.where(np.isfinite(hi), hi, top)
+    ax.errorbar(pos[ok], reg[ok], yerr=[reg[ok] - lo[ok], hi_c[ok] - reg[ok]], fmt="none",
+                ecolor="k", capsize=3, lw=1)  # fmt: skip
+    for p, r, frac in zip(pos, reg, st["diverged"].to_numpy(float), strict=True):
+        if np.isfinite(r):
+            ax.text(p, max(r, 0) + 0.02, f"{r:.1f}%", ha="center", va="bottom", fontsize=6)
+        if 0 < frac < 1 and np.isfinite(r):
+            ax.text(p, top, f"{100 * frac:.0f}% of\nresamples\ndiverge", ha="center",
+                    va="top", fontsize=5, color="#d62728")  # fmt: skip
+    ax.axhline(100 * goal, color="0.3", ls="--", lw=0.8)
+    ax.set_yscale("symlog", linthresh=1.0)
+    low = np.concatenate([reg[finite], lo[np.isfinite(lo)]])
+    ax.set_ylim(bottom=min(-1.0, float(np.min(low, initial=0.0)) * 1.5), top=top)
+    ax.set_xticks(pos, [STRATEGY_SHORT.get(s, s) for s in st["strategy"]], fontsize=6)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
 
 
 def plot_infinite_width(df: pd.DataFrame, *, title: str | None = None) -> Figure:

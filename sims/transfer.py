@@ -73,6 +73,12 @@ proxies' optima, the strategies' rates and the target's own tuning found again i
 resample). The target's loss at any rates comes from an *evaluator*: new runs of a simulator
 (:func:`simulator_evaluator`), or interpolation in the target's landscape
 (:func:`interpolating_evaluator`) where runs are expensive.
+
+That reference, the best cell of the target's landscape over the seeds that chose it, is the
+minimum of many noisy seed means and so biased low (the winner's curse); on a noisy landscape the
+regrets it gives are inflated for every strategy. Where fresh runs are cheap,
+:func:`holdout_replicates` judges every strategy, tuning at the target included, on seeds that
+no tuning saw.
 """
 
 from __future__ import annotations
@@ -1024,6 +1030,38 @@ def _seed_means(losses: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(nan, np.nan, np.where(inf, np.inf, M))
 
 
+def _check_draws(draws: np.ndarray, name: str) -> np.ndarray:
+    draws = np.asarray(draws, dtype=int)
+    if draws.ndim != 2:
+        raise TransferError(f"{name} must have shape (replicates, seeds), got {draws.shape}")
+    return draws
+
+
+def _losses_at(rates: pd.DataFrame, draws: np.ndarray, evaluate: Evaluator) -> np.ndarray:
+    """The seed-mean loss at the target of every row of ``rates`` (``replicate, log2_eta_a,
+    log2_eta_b``): ``evaluate`` is called once with every distinct pair of rates and returns
+    ``(S, K)`` per-seed losses; replicate −1 averages every seed, replicate ``r ≥ 0`` the seeds
+    ``draws[r]`` (with their multiplicities). NaN where the rates are unknown."""
+    S = draws.shape[1]
+    reps = np.sort(rates["replicate"].unique())
+    wts = np.ones((len(reps), S))
+    if len(reps) > 1:
+        wts[1:] = np.stack([np.bincount(d, minlength=S) for d in draws[reps[reps >= 0]]])
+    ok = (np.isfinite(rates["log2_eta_a"]) & np.isfinite(rates["log2_eta_b"])).to_numpy()
+    keys = np.round(rates.loc[ok, ["log2_eta_a", "log2_eta_b"]].to_numpy(float), 9)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    losses = np.asarray(evaluate(uniq[:, 0], uniq[:, 1]), dtype=float)
+    if losses.shape != (S, len(uniq)):
+        raise TransferError(
+            f"the evaluator returned shape {losses.shape}, expected {(S, len(uniq))}"
+        )
+    means = _seed_means(losses, wts)  # (R, K)
+    ri = np.searchsorted(reps, rates["replicate"].to_numpy())
+    loss_at = np.full(len(rates), np.nan)
+    loss_at[ok] = means[ri[ok], inverse.ravel()]
+    return loss_at
+
+
 def validation_replicates(
     summary: pd.DataFrame,
     draws: np.ndarray,
@@ -1056,9 +1094,7 @@ def validation_replicates(
         ``regret = loss/reference_loss − 1`` and ``err_log2_eta_a``, ``err_log2_eta_b`` (the
         rates minus the target's fitted optimum).
     """
-    draws = np.asarray(draws, dtype=int)
-    if draws.ndim != 2:
-        raise TransferError(f"draws must have shape (replicates, seeds), got {draws.shape}")
+    draws = _check_draws(draws, "draws")
     S = draws.shape[1]
     rates = strategy_rates(
         summary,
@@ -1068,23 +1104,8 @@ def validation_replicates(
         theory=theory,
         seeds=S if S >= 2 else None,
     )
+    rates = rates.assign(loss=_losses_at(rates, draws, evaluate))
     reps = np.sort(rates["replicate"].unique())
-    wts = np.ones((len(reps), S))
-    if len(reps) > 1:
-        wts[1:] = np.stack([np.bincount(d, minlength=S) for d in draws[reps[reps >= 0]]])
-    ok = (np.isfinite(rates["log2_eta_a"]) & np.isfinite(rates["log2_eta_b"])).to_numpy()
-    keys = np.round(rates.loc[ok, ["log2_eta_a", "log2_eta_b"]].to_numpy(float), 9)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    losses = np.asarray(evaluate(uniq[:, 0], uniq[:, 1]), dtype=float)
-    if losses.shape != (S, len(uniq)):
-        raise TransferError(
-            f"the evaluator returned shape {losses.shape}, expected {(S, len(uniq))}"
-        )
-    means = _seed_means(losses, wts)  # (R, K)
-    ri = np.searchsorted(reps, rates["replicate"].to_numpy())
-    loss_at = np.full(len(rates), np.nan)
-    loss_at[ok] = means[ri[ok], inverse.ravel()]
-    rates = rates.assign(loss=loss_at)
     nt = float(target_width)
     target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
     best = summary[summary["width"] == nt].set_index("replicate")["best_loss"].reindex(reps)
@@ -1092,6 +1113,72 @@ def validation_replicates(
     r = rates["replicate"]
     rates["reference_loss"] = ref.reindex(r).to_numpy()
     rates["regret"] = rates["loss"] / rates["reference_loss"] - 1.0
+    for col in ("log2_eta_a", "log2_eta_b"):
+        rates[f"err_{col}"] = rates[col] - target[col].reindex(r).to_numpy()
+    return rates
+
+
+def holdout_replicates(
+    summary: pd.DataFrame,
+    draws: np.ndarray,
+    target_width: float,
+    evaluate: Evaluator,
+    holdout_draws: np.ndarray,
+    *,
+    proxies: Sequence[float] | None = None,
+    ratio: float = PRACTICE_RATIO,
+    theory: tuple[float, float] = THEORY_EXPONENTS,
+) -> pd.DataFrame:
+    """The validation on held-out seeds: every strategy's rates, and the target's own tuned
+    optimum (strategy ``"target"``), all picked from the tuning seeds, then run at the target on
+    seeds that none of them saw.
+
+    In :func:`validation_replicates` the reference is the best cell of the target's landscape
+    over the very seeds that chose it: the minimum of many noisy seed means, biased low (the
+    winner's curse), the more so the noisier the landscape. Here tuning at the target is one
+    more strategy, judged like the others on fresh seeds, and ``regret = L(strategy)/L(target) −
+    1`` compares two procedures that saw the same tuning seeds: it can be negative (the
+    transfer's rates generalise better than the target's own noisy optimum).
+
+    Args:
+        summary, draws, target_width, proxies, ratio, theory: the tuning seeds' per-width
+            summaries and their resamples, as in :func:`validation_replicates`.
+        evaluate: ``(u, v) → (E, K)`` the loss of each of the ``E`` held-out seeds at the target.
+        holdout_draws: ``(B, E)`` the held-out seeds of each replicate, drawn independently of
+            ``draws`` (replicate ``r`` resamples both seed sets).
+
+    Returns:
+        The columns of :func:`validation_replicates`, with ``reference_loss`` the held-out
+        seed-mean loss at the target's tuned rates of the same replicate (``inf`` if one of its
+        seeds diverged there: a strategy that did not then has regret −100%, one that did too
+        regret 0).
+    """
+    draws = _check_draws(draws, "draws")
+    hold = _check_draws(holdout_draws, "holdout_draws")
+    if hold.shape[0] != draws.shape[0]:
+        raise TransferError(
+            f"holdout_draws has {hold.shape[0]} replicates and draws {draws.shape[0]}: "
+            "each replicate resamples both seed sets"
+        )
+    S = draws.shape[1]
+    rates = strategy_rates(
+        summary,
+        target_width,
+        proxies=proxies,
+        ratio=ratio,
+        theory=theory,
+        seeds=S if S >= 2 else None,
+    )
+    rates = rates.assign(loss=_losses_at(rates, hold, evaluate))
+    reps = np.sort(rates["replicate"].unique())
+    target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
+    r = rates["replicate"]
+    rates["reference_loss"] = target["loss"].reindex(r).to_numpy()
+    loss, ref = rates["loss"].to_numpy(float), rates["reference_loss"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        regret = loss / ref - 1.0
+    # a seed on which both diverged: the same outcome, no regret (not an unknown)
+    rates["regret"] = np.where(np.isposinf(loss) & np.isposinf(ref), 0.0, regret)
     for col in ("log2_eta_a", "log2_eta_b"):
         rates[f"err_{col}"] = rates[col] - target[col].reindex(r).to_numpy()
     return rates

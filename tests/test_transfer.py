@@ -212,6 +212,109 @@ def test_regret_counts_a_diverged_seed_and_intervals_reach_it() -> None:
     assert np.isnan(tr.percentile_interval(np.ones(5))[0])
 
 
+# ----------------------------------------------------------------------------- held-out seeds
+def _bowl_at(u: np.ndarray, v: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    du, dv = np.asarray(u) - centre[0], np.asarray(v) - centre[1]
+    return 0.05 * np.exp(H[0, 0] * du**2 + 2 * H[0, 1] * du * dv + H[1, 1] * dv**2)
+
+
+def test_holdout_runs_every_strategy_on_the_held_out_seeds_of_its_replicate() -> None:
+    """On held-out seeds each replicate averages the seeds its own held-out resample drew
+    (not the tuning seeds' resample), for every strategy and for the target's tuned rates,
+    which are the reference: the loss is the bowl times that resample's mean seed factor, to
+    round-off, and the regret is the bowl's ratio."""
+    widths, target = [64, 128, 256], 4096
+    centre = {w: (law(2.0, -1.0, w), -3.0) for w in [*widths, target]}
+    surfs = tr.grid_surfaces(grid_rows(centre))
+    draws = tr.seed_resamples(3, 25, 0)
+    summary = tr.width_summaries(surfs, draws)
+    factor = 1.0 + 0.1 * np.arange(7)  # the 7 held-out seeds differ by a factor
+    hdraws = tr.seed_resamples(7, 25, 1)
+
+    def evaluate(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return factor[:, None] * _bowl_at(u, v, centre[target])[None, :]
+
+    reps = tr.holdout_replicates(summary, draws, target, evaluate, hdraws)
+    mean_factor = np.r_[factor.mean(), factor[hdraws].mean(axis=1)]
+    r = reps["replicate"].to_numpy()
+    bowl_here = _bowl_at(reps["log2_eta_a"], reps["log2_eta_b"], centre[target])
+    # (the evaluator sees the rates rounded to 1e-9 octaves)
+    assert np.allclose(reps["loss"], bowl_here * mean_factor[r + 1], rtol=1e-7)
+    tgt = reps[reps["strategy"] == "target"].set_index("replicate")
+    assert np.allclose(reps["reference_loss"], tgt["loss"].reindex(r).to_numpy(), rtol=0)
+    assert (tgt["regret"] == 0).all()
+    expected = bowl_here / _bowl_at(*tgt[["log2_eta_a", "log2_eta_b"]].reindex(r).T.values,
+                                    centre[target]) - 1  # fmt: skip
+    assert np.allclose(reps["regret"], expected, rtol=1e-9, atol=1e-12)
+    table = tr.summarize_validation(reps).set_index("strategy")
+    assert table.loc["d", "regret"] == pytest.approx(0.0, abs=1e-9)
+    assert table.loc["a", "regret"] > 0.3 and table.loc["c", "regret"] > 0.3
+    with pytest.raises(tr.TransferError, match="each replicate resamples both"):
+        tr.holdout_replicates(summary, draws, target, evaluate, hdraws[:10])
+
+
+def test_holdout_regret_has_no_winners_curse() -> None:
+    """A landscape where the rates do not matter at all (every cell and seed an independent
+    draw around 1): in-sample, the reference is the luckiest of a thousand noisy cells, so every
+    strategy shows a large regret that is pure selection bias; on held-out seeds the regrets
+    are centred on 0 and their intervals cover it."""
+    rng = np.random.default_rng(3)
+    widths, target, S, E = [64, 128, 256], 1024, 3, 400
+    rows = grid_rows({w: (-5.0, -3.0) for w in [*widths, target]}, seeds=S)
+    rows["loss"] = np.exp(0.3 * rng.standard_normal(len(rows)))
+    surfs = tr.grid_surfaces(rows)
+    draws = tr.seed_resamples(S, 100, 0)
+    summary = tr.width_summaries(surfs, draws)
+    noise = {}
+
+    def held_out(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.empty((E, len(u)))
+        for k, key in enumerate(zip(np.round(u, 9), np.round(v, 9), strict=True)):
+            if key not in noise:
+                noise[key] = np.exp(0.3 * rng.standard_normal(E))
+            out[:, k] = noise[key]
+        return out
+
+    in_target = surfs[-1]
+
+    def in_sample(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        # the tuning seeds' own noise at the target: the nearest cell of its landscape
+        iu = np.abs(in_target.u[:, None] - np.asarray(u)[None, :]).argmin(axis=0)
+        iv = np.abs(in_target.v[:, None] - np.asarray(v)[None, :]).argmin(axis=0)
+        return in_target.loss[:, iu, iv]
+
+    biased = tr.validation_table(summary, draws, target, in_sample).set_index("strategy")
+    fair = tr.summarize_validation(
+        tr.holdout_replicates(summary, draws, target, held_out, tr.seed_resamples(E, 100, 1))
+    ).set_index("strategy")
+    assert biased.loc[list("abcdef"), "regret"].mean() > 0.3
+    for key in "abcdef":
+        assert biased.loc[key, "regret"] > 0.1, (key, biased.loc[key, "regret"])
+        assert abs(fair.loc[key, "regret"]) < 0.08, (key, fair.loc[key, "regret"])
+        assert fair.loc[key, "regret_low"] < 0 < fair.loc[key, "regret_high"], key
+
+
+def test_holdout_regret_when_the_reference_diverged() -> None:
+    """Held out, the target's tuned rates can diverge on a fresh seed: a strategy that did not
+    then has regret −100%, one that diverged too regret 0 (the same outcome)."""
+    summary = pd.DataFrame(
+        [
+            {"width": w, "replicate": -1, "log2_eta_a": -5.0 - k, "log2_eta_b": -3.0,
+             "equal_log2_eta": e, "ratio_log2_eta_a": -6.0, "best_loss": 1.0}
+            for k, (w, e) in enumerate(((64, -4.0), (128, -4.0), (256, -4.0), (1024, -6.0)))
+        ]
+    )  # fmt: skip
+
+    def evaluate(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        # the target's tuned rates (η_A = 2^-8) and the equal rates (2^-4) diverge
+        return np.where((np.isclose(u, -8.0)) | (np.isclose(u, -4.0)), np.inf, 2.0)[None, :]
+
+    reps = tr.holdout_replicates(
+        summary, np.zeros((0, 1), int), 1024, evaluate, np.zeros((0, 1), int)
+    ).set_index("strategy")
+    assert reps.loc["a", "regret"] == 0.0 and reps.loc["d", "regret"] == -1.0
+
+
 def test_interpolating_evaluator() -> None:
     """Linear interpolation of log loss between scattered runs: exact for a loss that is
     exponential-linear in (u, v); a triangle with a diverged corner counts as diverged; outside
@@ -503,12 +606,18 @@ def test_transfer_figures_in_fast_mode(tmp_path, capsys, monkeypatch: pytest.Mon
     for name in ("transfer", "transfer_infinite_width"):
         assert (out / f"{name}.png").stat().st_size > 10_000
     data = pd.read_csv(out / "data" / "transfer.csv")
-    assert set(data["kind"]) == {"strategy", "replicate", "optimum", "rule"}
-    st = data[data["kind"] == "strategy"]
-    assert list(st["strategy"]) == ["a", "b", "c", "d", "e", "f", "target"]
+    assert set(data["kind"]) == {"strategy", "replicate", "optimum", "rule", "holdout"}
+    for kind in ("strategy", "holdout"):
+        st = data[data["kind"] == kind]
+        assert list(st["strategy"]) == ["a", "b", "c", "d", "e", "f", "target"]
+    held = data[data["kind"] == "holdout"].set_index("strategy")
+    assert held.loc["target", "regret"] == 0 and set(held["holdout_seeds"]) == {3}
+    assert "held out: the same rates run at n = 512 on 3 seeds no tuning saw" in text
+    assert "goal, held out (LoRA+ transfer ≤ 5% and below (a), (c)): (f)" in text
     assert (data.loc[data["kind"] == "replicate", "replicate"].max()) == 19
     readme = (out / "README.md").read_text()
     assert "## transfer" in readme and "Measured loss regret at the target" in readme
+    assert "on 3 held-out seeds against the target's tuned rates run there: (a)" in readme
 
 
 def test_the_validation_uses_the_rules_the_predictor_gives() -> None:
