@@ -152,13 +152,15 @@ def _run_linear_task(
     seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The linear task of :func:`linear_setup` under ``optimizer`` (its seeds unless ``seeds``
-    are given): rows of the last step (under GD in chunks of 256 configurations, ≈ 1 GB per
-    batch at n = 2^13)."""
+    are given): rows of the last step. Its own seeds run under GD in batches of 256 rate pairs
+    (≈ 1 GB at n = 2^13, 16 seeds), under Adam all at once; other seeds in batches of
+    ``4096 // len(seeds)`` rate pairs (the same bound on rate pairs × seeds)."""
     _, own, task = linear_setup(fast, optimizer)
-    return _linear_last_step(
-        widths, params, own if seeds is None else seeds, task, optimizer,
-        256 if optimizer == "gd" else None,
-    )  # fmt: skip
+    if seeds is None:
+        seeds, chunk = own, 256 if optimizer == "gd" else None
+    else:
+        chunk = max(1, 4096 // len(seeds))
+    return _linear_last_step(widths, params, seeds, task, optimizer, chunk)
 
 
 def run_linear(
