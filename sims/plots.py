@@ -419,15 +419,23 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
             "loss regret at the target [%]",
         )
         if held:
-            ho = d[(d["kind"] == "holdout") & (d["strategy"] != "target")]
+            hall = d[d["kind"] == "holdout"]
+            ho = hall[hall["strategy"] != "target"]
             ax = axes[2, col]
             if len(ho):
+                own = hall.loc[hall["strategy"] == "target", "diverged"]
+                risk = float(own.iloc[0]) if len(own) else 0.0
                 _regret_bars(
                     ax,
                     ho,
                     goal,
                     f"held out: the same rates on {int(ho['holdout_seeds'].iloc[0])} fresh "
-                    "seeds,\nagainst the target's tuned rates run there",
+                    "seeds,\nagainst the target's tuned rates run there"
+                    + (
+                        f"\n(which diverge on a fresh seed in {100 * risk:.0f}% of replicates)"
+                        if risk > 0
+                        else ""
+                    ),
                     "regret on held-out seeds [%]",
                 )
             else:
