@@ -1043,13 +1043,7 @@ def report_transfer(df: pd.DataFrame) -> str:
                 f"{r.se_a:.2f}, {r.free_b:+.2f} ± {r.se_b:.2f}; weights {r.weight_a:.2f}, "
                 f"{r.weight_b:.2f}]"
             )
-        table = st[
-            ["strategy", "log2_eta_a", "log2_eta_b", "loss", "regret", "regret_low",
-             "regret_high", "err_log2_eta_a", "err_log2_eta_b", "diverged"]
-        ].copy()  # fmt: skip
-        for c in ("regret", "regret_low", "regret_high"):
-            table[c] = 100 * table[c]
-        lines.append(table.round(3).to_string(index=False))
+        lines.append(_regret_table(st))
         lines.append(_transfer_verdict(st))
         ho = d[d["kind"] == "holdout"]
         if len(ho):
@@ -1071,15 +1065,20 @@ def _holdout_report(st: pd.DataFrame, ho: pd.DataFrame) -> str:
         f"seeds ({100 * (reached / promised - 1):+.1f}%: the in-sample reference's winner's curse "
         "plus the seed sets' difference).",
     ]
-    table = ho[
+    lines.append(_regret_table(ho))
+    lines.append(_transfer_verdict(ho).replace("  goal", "  goal, held out", 1))
+    return "\n".join(lines)
+
+
+def _regret_table(st: pd.DataFrame) -> str:
+    """The strategies' rows of a validation table as printed (regrets in %)."""
+    table = st[
         ["strategy", "log2_eta_a", "log2_eta_b", "loss", "regret", "regret_low",
          "regret_high", "err_log2_eta_a", "err_log2_eta_b", "diverged"]
     ].copy()  # fmt: skip
     for c in ("regret", "regret_low", "regret_high"):
         table[c] = 100 * table[c]
-    lines.append(table.round(3).to_string(index=False))
-    lines.append(_transfer_verdict(ho).replace("  goal", "  goal, held out", 1))
-    return "\n".join(lines)
+    return table.round(3).to_string(index=False)
 
 
 def report_real_ladder(df: pd.DataFrame) -> str:

@@ -1062,6 +1062,31 @@ def _losses_at(rates: pd.DataFrame, draws: np.ndarray, evaluate: Evaluator) -> n
     return loss_at
 
 
+def _strategy_losses(
+    summary: pd.DataFrame,
+    draws: np.ndarray,
+    target_width: float,
+    evaluate: Evaluator,
+    loss_draws: np.ndarray,
+    proxies: Sequence[float] | None,
+    ratio: float,
+    theory: tuple[float, float],
+) -> pd.DataFrame:
+    """:func:`strategy_rates` from the tuning seeds' summaries (resampled by ``draws``), with the
+    seed-mean ``loss`` at the target of every row over the evaluated seeds resampled by
+    ``loss_draws`` (the tuning seeds' own ``draws``, or held-out ones)."""
+    S = draws.shape[1]
+    rates = strategy_rates(
+        summary,
+        target_width,
+        proxies=proxies,
+        ratio=ratio,
+        theory=theory,
+        seeds=S if S >= 2 else None,
+    )
+    return rates.assign(loss=_losses_at(rates, loss_draws, evaluate))
+
+
 def validation_replicates(
     summary: pd.DataFrame,
     draws: np.ndarray,
@@ -1095,16 +1120,7 @@ def validation_replicates(
         rates minus the target's fitted optimum).
     """
     draws = _check_draws(draws, "draws")
-    S = draws.shape[1]
-    rates = strategy_rates(
-        summary,
-        target_width,
-        proxies=proxies,
-        ratio=ratio,
-        theory=theory,
-        seeds=S if S >= 2 else None,
-    )
-    rates = rates.assign(loss=_losses_at(rates, draws, evaluate))
+    rates = _strategy_losses(summary, draws, target_width, evaluate, draws, proxies, ratio, theory)
     reps = np.sort(rates["replicate"].unique())
     nt = float(target_width)
     target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
@@ -1160,16 +1176,7 @@ def holdout_replicates(
             f"holdout_draws has {hold.shape[0]} replicates and draws {draws.shape[0]}: "
             "each replicate resamples both seed sets"
         )
-    S = draws.shape[1]
-    rates = strategy_rates(
-        summary,
-        target_width,
-        proxies=proxies,
-        ratio=ratio,
-        theory=theory,
-        seeds=S if S >= 2 else None,
-    )
-    rates = rates.assign(loss=_losses_at(rates, hold, evaluate))
+    rates = _strategy_losses(summary, draws, target_width, evaluate, hold, proxies, ratio, theory)
     reps = np.sort(rates["replicate"].unique())
     target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
     r = rates["replicate"]
