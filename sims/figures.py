@@ -1052,18 +1052,24 @@ def report_transfer(df: pd.DataFrame) -> str:
 
 
 def _holdout_report(st: pd.DataFrame, ho: pd.DataFrame) -> str:
-    """The held-out table of one task (rows ``kind == "holdout"``), what tuning at the target
-    promised on its own seeds against what its rates reach on fresh ones, and the verdict."""
-    t_in = st.set_index("strategy").loc["target"]
-    t_out = ho.set_index("strategy").loc["target"]
-    promised, reached = float(t_in["reference_loss"]), float(t_out["loss"])
+    """The held-out table of one task (rows ``kind == "holdout"``), what the target's tuned rates
+    and LoRA+ transfer's reached on the tuning seeds against what they reach on fresh ones, and
+    the verdict."""
+    t_in, t_out = st.set_index("strategy"), ho.set_index("strategy")
+    seeds = int(t_out.loc["target", "holdout_seeds"])
+
+    def moved(key: str) -> str:
+        a, b = float(t_in.loc[key, "loss"]), float(t_out.loc[key, "loss"])
+        return f"L = {a:.4g} → {b:.4g} ({100 * (b / a - 1):+.1f}%)"
+
+    like = float(t_in.loc["f", "loss"] / t_in.loc["target", "loss"] - 1)
     lines = [
-        f"  held out: the same rates run at n = {int(t_out['target'])} on "
-        f"{int(t_out['holdout_seeds'])} seeds no tuning saw; regret against the target's own "
-        "tuned rates run there too. Tuning at the target promised L = "
-        f"{promised:.4g} on its tuning seeds; its rates reach L = {reached:.4g} on the held-out "
-        f"seeds ({100 * (reached / promised - 1):+.1f}%: the in-sample reference's winner's curse "
-        "plus the seed sets' difference).",
+        f"  held out: the same rates run at n = {int(t_out.loc['target', 'target'])} on {seeds} "
+        "seeds no tuning saw; regret against the target's own tuned rates run there too. From "
+        f"the tuning seeds to the held-out ones, the target's tuned rates {moved('target')} "
+        f"(the best cell of its landscape: L = {float(t_in.loc['target', 'reference_loss']):.4g}),"
+        f" LoRA+ transfer's (f) {moved('f')}; in-sample against the target's tuned rates' own run "
+        f"(not its best cell), (f) {100 * like:+.1f}%.",
     ]
     lines.append(_regret_table(ho))
     lines.append(_transfer_verdict(ho).replace("  goal", "  goal, held out", 1))
@@ -1072,10 +1078,9 @@ def _holdout_report(st: pd.DataFrame, ho: pd.DataFrame) -> str:
 
 def _regret_table(st: pd.DataFrame) -> str:
     """The strategies' rows of a validation table as printed (regrets in %)."""
-    table = st[
-        ["strategy", "log2_eta_a", "log2_eta_b", "loss", "regret", "regret_low",
-         "regret_high", "err_log2_eta_a", "err_log2_eta_b", "diverged"]
-    ].copy()  # fmt: skip
+    cols = ["strategy", "log2_eta_a", "log2_eta_b", "loss", "regret", "regret_low",
+            "regret_high", "err_log2_eta_a", "err_log2_eta_b", "diverged", "unknown"]  # fmt: skip
+    table = st[[c for c in cols if c in st.columns]].copy()
     for c in ("regret", "regret_low", "regret_high"):
         table[c] = 100 * table[c]
     return table.round(3).to_string(index=False)
@@ -1191,7 +1196,19 @@ def measured_transfer(df: pd.DataFrame) -> str:
                 )
                 + (
                     f" (the rates of a replicate diverged on a held-out seed: {risk} of the "
-                    "replicates)"
+                    "replicates"
+                    + (
+                        "; the rates chosen on all the tuning seeds diverged on none"
+                        if np.isfinite(by.loc[["target", "f"], "loss"].to_numpy(float)).all()
+                        else ""
+                    )
+                    + (
+                        f"; (f)'s regret is unknown, both diverged, in "
+                        f"{100 * by.loc['f', 'unknown']:.0f}%"
+                        if by.loc["f", "unknown"] > 0
+                        else ""
+                    )
+                    + ")"
                     if risk
                     else ""
                 )

@@ -1166,8 +1166,9 @@ def holdout_replicates(
     Returns:
         The columns of :func:`validation_replicates`, with ``reference_loss`` the held-out
         seed-mean loss at the target's tuned rates of the same replicate (``inf`` if one of its
-        seeds diverged there: a strategy that did not then has regret −100%, one that did too
-        regret 0).
+        seeds diverged there: a strategy that did not then has regret −100%; one that diverged
+        too, on any seeds, has an unknown regret, NaN, which the intervals leave out and
+        :func:`summarize_validation` counts; rates equal to the target's have regret 0).
     """
     draws = _check_draws(draws, "draws")
     hold = _check_draws(holdout_draws, "holdout_draws")
@@ -1181,13 +1182,13 @@ def holdout_replicates(
     target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
     r = rates["replicate"]
     rates["reference_loss"] = target["loss"].reindex(r).to_numpy()
-    loss, ref = rates["loss"].to_numpy(float), rates["reference_loss"].to_numpy(float)
-    with np.errstate(invalid="ignore"):
-        regret = loss / ref - 1.0
-    # a seed on which both diverged: the same outcome, no regret (not an unknown)
-    rates["regret"] = np.where(np.isposinf(loss) & np.isposinf(ref), 0.0, regret)
     for col in ("log2_eta_a", "log2_eta_b"):
         rates[f"err_{col}"] = rates[col] - target[col].reindex(r).to_numpy()
+    loss, ref = rates["loss"].to_numpy(float), rates["reference_loss"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        regret = loss / ref - 1.0  # both diverged (on any seeds): inf/inf, unknown
+    same = (rates["err_log2_eta_a"] == 0) & (rates["err_log2_eta_b"] == 0)  # the very same runs
+    rates["regret"] = np.where(same.to_numpy(), 0.0, regret)
     return rates
 
 
@@ -1202,8 +1203,10 @@ def summarize_validation(
 ) -> pd.DataFrame:
     """One row per strategy of :func:`validation_replicates`: the point estimate (replicate −1)
     of the rates, the loss, the regret and the rate errors, the last three with ``*_low``,
-    ``*_high`` (:func:`percentile_interval` over the replicates), and ``diverged`` (the fraction
-    of replicates whose rates diverged at the target)."""
+    ``*_high`` (:func:`percentile_interval` over the replicates, which leaves unknown regrets
+    out), ``diverged`` (the fraction of replicates whose rates diverged at the target) and
+    ``unknown`` (the fraction whose regret is unknown: held out, where both these rates and the
+    target's own diverged)."""
     rows = []
     order = [k for k in (*STRATEGIES, "target") if k in set(reps["strategy"])]
     for key in order:
@@ -1224,6 +1227,8 @@ def summarize_validation(
             row.update({name: float(p[name]), f"{name}_low": lo, f"{name}_high": hi})
         lost = boot["loss"] if len(boot) else g["loss"]
         row["diverged"] = float(np.isposinf(lost.to_numpy(float)).mean())
+        unknown = boot["regret"] if len(boot) else g["regret"]
+        row["unknown"] = float(np.isnan(unknown.to_numpy(float)).mean())
         row["proxies"] = ",".join(f"{w:g}" for w in proxies)
         row["target"] = float(target)
         row["seeds"] = int(seeds)

@@ -296,7 +296,8 @@ def test_holdout_regret_has_no_winners_curse() -> None:
 
 def test_holdout_regret_when_the_reference_diverged() -> None:
     """Held out, the target's tuned rates can diverge on a fresh seed: a strategy that did not
-    then has regret −100%, one that diverged too regret 0 (the same outcome)."""
+    then has regret −100%; one that diverged too, even on another seed, has an unknown regret
+    (NaN: left out of the intervals, counted in ``unknown``); the target's own rates regret 0."""
     summary = pd.DataFrame(
         [
             {"width": w, "replicate": -1, "log2_eta_a": -5.0 - k, "log2_eta_b": -3.0,
@@ -306,13 +307,44 @@ def test_holdout_regret_when_the_reference_diverged() -> None:
     )  # fmt: skip
 
     def evaluate(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        # the target's tuned rates (η_A = 2^-8) and the equal rates (2^-4) diverge
-        return np.where((np.isclose(u, -8.0)) | (np.isclose(u, -4.0)), np.inf, 2.0)[None, :]
+        # held-out seed 0 diverges at the target's tuned rates (η_A = 2^-8), seed 1 at the
+        # equal rates (2^-4) of (a)
+        out = np.full((2, len(u)), 2.0)
+        out[0, np.isclose(u, -8.0)] = np.inf
+        out[1, np.isclose(u, -4.0)] = np.inf
+        return out
 
     reps = tr.holdout_replicates(
-        summary, np.zeros((0, 1), int), 1024, evaluate, np.zeros((0, 1), int)
+        summary, np.zeros((0, 1), int), 1024, evaluate, np.zeros((0, 2), int)
     ).set_index("strategy")
-    assert reps.loc["a", "regret"] == 0.0 and reps.loc["d", "regret"] == -1.0
+    assert np.isnan(reps.loc["a", "regret"]) and reps.loc["d", "regret"] == -1.0
+    assert reps.loc["target", "regret"] == 0.0
+    table = tr.summarize_validation(reps.reset_index()).set_index("strategy")
+    assert table.loc["a", "unknown"] == 1.0 and table.loc["d", "unknown"] == 0.0
+
+
+def test_holdout_picks_the_same_rates_as_the_in_sample_validation() -> None:
+    """Held out only the evaluation changes: every strategy's rates, in every replicate, are
+    those of the in-sample validation, chosen again on each resample of the tuning seeds (seeds
+    with different optima, so the replicates' rates differ)."""
+    widths, target = [64, 128, 256], 2048
+    jitter = [(-0.6, 0.3), (0.0, 0.0), (0.7, -0.4)]
+    centres = {
+        w: [(law(2.0, -1.0, w) + du, -3.0 + dv) for du, dv in jitter] for w in [*widths, target]
+    }
+    surfs = tr.grid_surfaces(grid_rows(centres))
+    draws = tr.seed_resamples(3, 30, 0)
+    summary = tr.width_summaries(surfs, draws)
+
+    def evaluate(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.tile(_bowl_at(u, v, centres[target][1]), (3, 1))
+
+    cols = ["strategy", "replicate", "log2_eta_a", "log2_eta_b"]
+    inside = tr.validation_replicates(summary, draws, target, evaluate)[cols]
+    held = tr.holdout_replicates(summary, draws, target, evaluate, tr.seed_resamples(3, 30, 1))
+    pd.testing.assert_frame_equal(held[cols], inside)
+    d = held[(held["strategy"] == "d") & (held["replicate"] >= 0)]
+    assert d["log2_eta_a"].round(6).nunique() > 3
 
 
 def test_interpolating_evaluator() -> None:
