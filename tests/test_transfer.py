@@ -703,3 +703,26 @@ def test_the_validation_uses_the_rules_the_predictor_gives() -> None:
     assert weights[3, "blend"] == 0.0 and weights[10_000, "blend"] > 0.5
     one = tr.strategy_rates(summary, target, proxies=[256.0], seeds=3)
     assert set(one["strategy"]) == {"a", "b", "c", "target"}  # one proxy: no rule
+
+
+def test_a_transfer_task_tunes_on_its_own_seeds() -> None:
+    """A task of the figure with its own number of tuning seeds runs the proxies, the target's
+    landscape and the strategies' rates on seeds 0 … k−1, and the held-out rates on its fresh
+    seeds: the runner is asked for exactly those (here the 64-seed GD task in fast mode: 4
+    tuning seeds, 3 held out)."""
+    import dataclasses
+
+    from loraplus_lab.sims import figures
+
+    asked: set = set()
+
+    def run(widths, params, fast, seeds=None):
+        asked.add(None if seeds is None else tuple(seeds))
+        return figures.run_linear_gd(widths, params, fast, seeds=seeds)
+
+    task = dataclasses.replace(figures.TRANSFER_TASKS[3], run=run)
+    assert task.name == "linear, GD, 64 seeds" and task.seeds == (4, 64)
+    df = figures.transfer_task_rows(task, True)
+    held = tuple(range(figures.TRANSFER_HOLDOUT_SEED0, figures.TRANSFER_HOLDOUT_SEED0 + 3))
+    assert asked == {(0, 1, 2, 3), held}
+    assert set(df.loc[df["kind"] == "strategy", "seeds"]) == {4}
