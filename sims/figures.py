@@ -1512,8 +1512,10 @@ FIGURES: dict[str, FigureSpec] = {
             plot_transfer_figure,
             "Choosing the rates at a width too large to tune: tune at proxy widths, predict, run "
             "the prediction at the target, and compare with tuning there — for the linear task "
-            "under Adam and under GD (target four octaves above the widest proxy) and the "
-            "two-layer net (two octaves). Strategies: (a) equal rates tuned at the widest proxy, "
+            "under Adam and under GD (target four octaves above the widest proxy), the "
+            "two-layer net (two octaves), and the GD task again with 64 tuning seeds instead of "
+            "16 (added after the 16-seed task's results, fixed before its own). Strategies: "
+            "(a) equal rates tuned at the widest proxy, "
             "carried over; (b) the same scaled like 1/n; (c) λ = 16 with η_A tuned at the widest "
             "proxy, carried over; LoRA+ transfer with (d) the theory's exponents (−1, 0), "
             "(e) fitted exponents, (f) the default blend. In-sample (middle row) the reference "
