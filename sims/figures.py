@@ -1648,7 +1648,8 @@ def readme_text(
             "# Figures",
             "",
             "Every figure here is regenerated from nothing by `loraplus-lab figures`: the toy "
-            "figures in minutes on two CPU cores (`transfer` about 9), the three `real_*` figures "
+            "figures in minutes on two CPU cores (`transfer` more than an hour, 9 minutes "
+            "without its 64-seed GD task), the three `real_*` figures "
             "of the pretrained ladder in about an hour from an empty model cache (60 min on the "
             "project's idle 2-core machine) and in seconds once the cache (`$LORAPLUS_CACHE`, "
             "default `~/.cache/loraplus-lab`) holds the ladder's runs. "
