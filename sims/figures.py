@@ -1185,46 +1185,7 @@ def measured_transfer(df: pd.DataFrame) -> str:
             if f is not None
             else ""
         )
-        hall = df[(df["task"] == task) & (df["kind"] == "holdout")]
-        ho = hall[hall["strategy"] != "target"]
-        held = ""
-        if len(ho):
-            by = hall.set_index("strategy")
-            risk = ", ".join(
-                f"{'tuning at the target' if k == 'target' else f'({k})'} in "
-                f"{100 * by.loc[k, 'diverged']:.0f}%"
-                for k in ("target", "f")
-                if k in by.index and 0 < by.loc[k, "diverged"] < 1
-            )
-            held = (
-                f"; on {int(ho['holdout_seeds'].iloc[0])} held-out seeds against the target's "
-                "tuned rates run there: "
-                + "; ".join(
-                    f"({r.strategy}) diverged"
-                    if np.isposinf(r.regret)
-                    else f"({r.strategy}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
-                    f"{100 * r.regret_high:+.1f}]"
-                    for r in ho.itertuples()
-                )
-                + (
-                    f" (the rates of a replicate diverged on a held-out seed: {risk} of the "
-                    "replicates"
-                    + (
-                        "; the rates chosen on all the tuning seeds diverged on none"
-                        if np.isfinite(by.loc[["target", "f"], "loss"].to_numpy(float)).all()
-                        else ""
-                    )
-                    + (
-                        f"; (f)'s regret is unknown, both diverged, in "
-                        f"{100 * by.loc['f', 'unknown']:.0f}%"
-                        if by.loc["f", "unknown"] > 0
-                        else ""
-                    )
-                    + ")"
-                    if risk
-                    else ""
-                )
-            )
+        held = _holdout_caption(df[(df["task"] == task) & (df["kind"] == "holdout")])
         parts.append(
             f"{task} ({t['proxies']} → {int(t['target'])}, {int(t['seeds'])} seeds): "
             f"{regrets}{off}{held}"
@@ -1234,6 +1195,42 @@ def measured_transfer(df: pd.DataFrame) -> str:
         f"{int(df['replicates'].dropna().iloc[0])} bootstrap replicates of the seeds (every "
         "optimum, rule and strategy found again in each) — " + " | ".join(parts) + "."
     )
+
+
+def _holdout_caption(hall: pd.DataFrame) -> str:
+    """The held-out regrets of one task for the caption (empty without held-out rows), with how
+    often a replicate's rates diverged on a fresh seed and how often (f)'s regret is unknown."""
+    ho = hall[hall["strategy"] != "target"]
+    if not len(ho):
+        return ""
+    regrets = "; ".join(
+        f"({r.strategy}) diverged"
+        if np.isposinf(r.regret)
+        else f"({r.strategy}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
+        f"{100 * r.regret_high:+.1f}]"
+        for r in ho.itertuples()
+    )
+    text = (
+        f"; on {int(ho['holdout_seeds'].iloc[0])} held-out seeds against the target's tuned "
+        f"rates run there: {regrets}"
+    )
+    by = hall.set_index("strategy")
+    risk = ", ".join(
+        f"{'tuning at the target' if k == 'target' else f'({k})'} in "
+        f"{100 * by.loc[k, 'diverged']:.0f}%"
+        for k in ("target", "f")
+        if k in by.index and 0 < by.loc[k, "diverged"] < 1
+    )
+    if not risk:
+        return text
+    notes = [f"the rates of a replicate diverged on a held-out seed: {risk} of the replicates"]
+    if np.isfinite(by.loc[["target", "f"], "loss"].to_numpy(float)).all():
+        notes.append("the rates chosen on all the tuning seeds diverged on none")
+    if by.loc["f", "unknown"] > 0:
+        notes.append(
+            f"(f)'s regret is unknown, both diverged, in {100 * by.loc['f', 'unknown']:.0f}%"
+        )
+    return f"{text} ({'; '.join(notes)})"
 
 
 def plot_transfer_figure(df: pd.DataFrame) -> Figure:

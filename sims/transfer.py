@@ -1087,6 +1087,17 @@ def _strategy_losses(
     return rates.assign(loss=_losses_at(rates, loss_draws, evaluate))
 
 
+def _with_rate_errors(rates: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Adds ``err_log2_eta_a``, ``err_log2_eta_b`` (each row's rates minus the target's tuned
+    rates of the same replicate) to ``rates``; returns the target's rows by replicate and the
+    sorted replicates."""
+    reps = np.sort(rates["replicate"].unique())
+    target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
+    for col in ("log2_eta_a", "log2_eta_b"):
+        rates[f"err_{col}"] = rates[col] - target[col].reindex(rates["replicate"]).to_numpy()
+    return target, reps
+
+
 def validation_replicates(
     summary: pd.DataFrame,
     draws: np.ndarray,
@@ -1121,16 +1132,11 @@ def validation_replicates(
     """
     draws = _check_draws(draws, "draws")
     rates = _strategy_losses(summary, draws, target_width, evaluate, draws, proxies, ratio, theory)
-    reps = np.sort(rates["replicate"].unique())
-    nt = float(target_width)
-    target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
-    best = summary[summary["width"] == nt].set_index("replicate")["best_loss"].reindex(reps)
-    ref = pd.Series(np.fmin(best.to_numpy(float), target["loss"].to_numpy(float)), index=reps)
-    r = rates["replicate"]
-    rates["reference_loss"] = ref.reindex(r).to_numpy()
+    target, reps = _with_rate_errors(rates)
+    best = summary[summary["width"] == float(target_width)].set_index("replicate")["best_loss"]
+    ref = np.fmin(best.reindex(reps).to_numpy(float), target["loss"].to_numpy(float))
+    rates["reference_loss"] = pd.Series(ref, index=reps).reindex(rates["replicate"]).to_numpy()
     rates["regret"] = rates["loss"] / rates["reference_loss"] - 1.0
-    for col in ("log2_eta_a", "log2_eta_b"):
-        rates[f"err_{col}"] = rates[col] - target[col].reindex(r).to_numpy()
     return rates
 
 
@@ -1178,12 +1184,8 @@ def holdout_replicates(
             "each replicate resamples both seed sets"
         )
     rates = _strategy_losses(summary, draws, target_width, evaluate, hold, proxies, ratio, theory)
-    reps = np.sort(rates["replicate"].unique())
-    target = rates[rates["strategy"] == "target"].set_index("replicate").reindex(reps)
-    r = rates["replicate"]
-    rates["reference_loss"] = target["loss"].reindex(r).to_numpy()
-    for col in ("log2_eta_a", "log2_eta_b"):
-        rates[f"err_{col}"] = rates[col] - target[col].reindex(r).to_numpy()
+    target, _ = _with_rate_errors(rates)
+    rates["reference_loss"] = target["loss"].reindex(rates["replicate"]).to_numpy()
     loss, ref = rates["loss"].to_numpy(float), rates["reference_loss"].to_numpy(float)
     with np.errstate(invalid="ignore"):
         regret = loss / ref - 1.0  # both diverged (on any seeds): inf/inf, unknown
