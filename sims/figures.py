@@ -155,7 +155,8 @@ def mean_over_steps(df: pd.DataFrame, loss: str = "test_loss") -> pd.DataFrame:
     keys = ["width", "param", "seed"]
     steps = int(df["step"].max())
     d = df.sort_values([*keys, "step"], kind="stable")
-    if not (d["step"].to_numpy().reshape(-1, steps + 1) == np.arange(steps + 1)).all():
+    step = d["step"].to_numpy()
+    if len(step) % (steps + 1) or not (step.reshape(-1, steps + 1) == np.arange(steps + 1)).all():
         raise ValueError("every run must have one row at each step 0 … T")
     curves = d[loss].to_numpy(dtype=float).reshape(-1, steps + 1)[:, 1:]
     last = d[d["step"] == steps].copy()

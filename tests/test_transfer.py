@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from loraplus_lab.sims import transfer as tr
+from loraplus_lab.sims.params import Parametrization
 
 U = np.arange(-16.0, 0.01, 0.5)  # log2 η_A grid
 V = np.arange(-12.0, 4.01, 0.5)  # log2 η_B grid
@@ -726,3 +727,38 @@ def test_a_transfer_task_tunes_on_its_own_seeds() -> None:
     held = tuple(range(figures.TRANSFER_HOLDOUT_SEED0, figures.TRANSFER_HOLDOUT_SEED0 + 3))
     assert asked == {(0, 1, 2, 3), held}
     assert set(df.loc[df["kind"] == "strategy", "seeds"]) == {4}
+
+
+def test_the_averaged_gd_task_judges_each_run_by_the_area_under_its_curve() -> None:
+    """The fifth task's runner gives, per run, the test loss averaged over steps 1 … T of the
+    very runs the last-step GD task makes (same rows otherwise, in the same order), NaN for a run
+    that diverged; a frame with a missing step is refused."""
+    from loraplus_lab.sims import figures
+    from loraplus_lab.sims.toy import simulate_batch
+
+    task = figures.TRANSFER_TASKS[4]
+    assert task.run is figures.run_linear_gd_mean and task.holdout == (3, 256)
+    params = [Parametrization("lo", 2.0**-6, 2.0**-1, 0, 0), Parametrization("hi", 4.0, 8.0, 0, 0)]
+    seeds = [0, 1, 2]
+    mean = figures.run_linear_gd_mean([64], params, True, seeds=seeds)
+    last = figures.run_linear_gd([64], params, True, seeds=seeds)
+    full = simulate_batch(
+        [64], params, seeds, steps=figures.LINEAR_STEPS, problem="general",
+        problem_options=figures.LINEAR_GD_TASK, optimizer="gd", chunk=4096 // len(seeds),
+    )  # fmt: skip
+    T = figures.LINEAR_STEPS
+    assert (mean["step"] == T).all() and len(mean) == len(last) == len(params) * len(seeds)
+    others = [c for c in mean.columns if c != "test_loss"]
+    pd.testing.assert_frame_equal(mean[others], last[others], check_exact=True)
+    for row in mean.itertuples():
+        curve = full[(full["param"] == row.param) & (full["seed"] == row.seed)]
+        curve = curve.sort_values("step")["test_loss"].to_numpy()[1:]
+        assert len(curve) == T
+        if row.diverged:
+            assert np.isnan(row.test_loss)
+        else:
+            assert row.test_loss == pytest.approx(curve.sum() / T, rel=1e-12)
+            assert row.test_loss != pytest.approx(curve[-1], rel=1e-3)  # not the last step
+    assert mean["diverged"].any() and not mean["diverged"].all()
+    with pytest.raises(ValueError, match="one row at each step"):
+        figures.mean_over_steps(full[full["step"] != 3])
