@@ -1233,10 +1233,18 @@ def measured_transfer(df: pd.DataFrame) -> str:
             if f is not None
             else ""
         )
+        own = df[(df["task"] == task) & (df["kind"] == "strategy") & (df["strategy"] == "target")]
+        own_text = (
+            f"; tuning at the target itself, its fitted optimum run on the same seeds: "
+            f"{100 * own['regret'].iloc[0]:+.1f}% [{100 * own['regret_low'].iloc[0]:+.1f}, "
+            f"{100 * own['regret_high'].iloc[0]:+.1f}] (how far the best cell is luck)"
+            if len(own)
+            else ""
+        )
         held = _holdout_caption(df[(df["task"] == task) & (df["kind"] == "holdout")])
         parts.append(
             f"{task} ({t['proxies']} → {int(t['target'])}, {int(t['seeds'])} seeds): "
-            f"{regrets}{off}{held}"
+            f"{regrets}{off}{own_text}{held}"
         )
     return (
         "Measured loss regret at the target, 95% percentile intervals over "
@@ -1558,8 +1566,10 @@ FIGURES: dict[str, FigureSpec] = {
             "Choosing the rates at a width too large to tune: tune at proxy widths, predict, run "
             "the prediction at the target, and compare with tuning there — for the linear task "
             "under Adam and under GD (target four octaves above the widest proxy), the "
-            "two-layer net (two octaves), and the GD task again with 64 tuning seeds instead of "
-            "16 (added after the 16-seed task's results, fixed before its own). Strategies: "
+            "two-layer net (two octaves), the GD task again with 64 tuning seeds instead of "
+            "16 (added after the 16-seed task's results, fixed before its own), and the 16-seed "
+            "GD task judged by the test loss averaged over its 8 steps instead of at the last "
+            "(added after the 64-seed task's results, fixed before its own). Strategies: "
             "(a) equal rates tuned at the widest proxy, "
             "carried over; (b) the same scaled like 1/n; (c) λ = 16 with η_A tuned at the widest "
             "proxy, carried over; LoRA+ transfer with (d) the theory's exponents (−1, 0), "

@@ -366,7 +366,9 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
     there directly) — and the rules fitted to the proxies extended to the target (dashed: the
     theory's exponents, dotted: fitted, solid: blend). Bottom: each strategy's loss regret at the
     target against tuning there (%, symmetric log scale) with its percentile interval; a hatched
-    bar reaching the top marks rates at which a seed diverged; the dashed line is ``goal``. A
+    bar reaching the top marks rates at which a seed diverged; the dashed line is ``goal``, the
+    dotted one the regret of tuning at the target itself (its fitted optimum run on the same
+    seeds, against the best cell: how much of the reference is luck). A
     third row, where a task has held-out seeds: the same on the held-out seeds, against the
     target's tuned rates run there."""
     tasks = list(dict.fromkeys(df["task"]))
@@ -409,6 +411,7 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
             h, _ = ax.get_legend_handles_labels()
             ax.legend(handles=h + extra, fontsize=6, loc="best")
         st = d[(d["kind"] == "strategy") & (d["strategy"] != "target")]
+        tuned = d.loc[(d["kind"] == "strategy") & (d["strategy"] == "target"), "regret"]
         t = st.iloc[0]
         _regret_bars(
             axes[1, col],
@@ -417,6 +420,7 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
             f"proxies n = {t['proxies']} → target n = {int(t['target'])}\n"
             f"{int(t['seeds'])} seeds, {int(t['replicates'])} bootstrap replicates",
             "loss regret at the target [%]",
+            float(tuned.iloc[0]) if len(tuned) else None,
         )
         if held:
             hall = d[d["kind"] == "holdout"]
@@ -447,9 +451,12 @@ def plot_transfer(df: pd.DataFrame, *, title: str | None = None, goal: float = 0
     return fig
 
 
-def _regret_bars(ax, st: pd.DataFrame, goal: float, title: str, ylabel: str) -> None:
+def _regret_bars(
+    ax, st: pd.DataFrame, goal: float, title: str, ylabel: str, own: float | None = None
+) -> None:
     """Bars of each strategy's regret (%, symmetric log scale) with its percentile interval;
-    hatched where its rates diverged, the dashed line at ``goal``."""
+    hatched where its rates diverged, the dashed line at ``goal``; where ``own`` (a regret) is
+    given, a dotted line at it: tuning at the target itself, its rates run on the same seeds."""
     pos = np.arange(len(st))
     reg = 100 * st["regret"].to_numpy(float)
     lo = 100 * st["regret_low"].to_numpy(float)
@@ -473,6 +480,10 @@ def _regret_bars(ax, st: pd.DataFrame, goal: float, title: str, ylabel: str) -> 
             ax.text(p, top, f"{100 * frac:.0f}% of\nresamples\ndiverge", ha="center",
                     va="top", fontsize=5, color="#d62728")  # fmt: skip
     ax.axhline(100 * goal, color="0.3", ls="--", lw=0.8)
+    if own is not None and np.isfinite(own):
+        ax.axhline(100 * own, color="#9467bd", ls=":", lw=1.2)
+        ax.text(len(st) - 0.5, 100 * own, f"tuning at the target, run: {100 * own:+.1f}%",
+                ha="right", va="bottom", fontsize=6, color="#9467bd")  # fmt: skip
     ax.set_yscale("symlog", linthresh=1.0)
     low = np.concatenate([reg[finite], lo[np.isfinite(lo)]])
     ax.set_ylim(bottom=min(-1.0, float(np.min(low, initial=0.0)) * 1.5), top=top)
