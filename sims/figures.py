@@ -1121,18 +1121,17 @@ def like_for_like(reps: pd.DataFrame, strategy: str = "f") -> tuple[float, float
     """In-sample regret of ``strategy`` against the target's own tuned rates *run on the same
     seeds* (not the best cell of its landscape): ``L(strategy)/L(target's tuned rates) − 1`` at
     the point (replicate −1) with its 95% percentile interval over the bootstrap replicates
-    (rows ``kind == "replicate"`` of one task; :func:`transfer.percentile_interval`). A diverged
-    strategy counts ``+∞``, a diverged reference −100%; where both diverged the replicate is
-    left out. ``None`` without both."""
-    from loraplus_lab.sims.transfer import percentile_interval
+    (rows ``kind == "replicate"`` of one task), with the held-out reading's conventions
+    (:func:`transfer.regret_against_target`: a diverged strategy +∞, a diverged reference
+    −100%, both unknown and left out, the target's very rates 0). ``None`` without both."""
+    from loraplus_lab.sims.transfer import percentile_interval, regret_against_target
 
     if reps.empty or not {strategy, "target"} <= set(reps["strategy"]):
         return None
-    p = reps.pivot(index="replicate", columns="strategy", values="loss")
-    a, b = p[strategy].to_numpy(float), p["target"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(np.isinf(b), np.where(np.isinf(a), np.nan, -1.0), a / b - 1)
-    r = pd.Series(r, index=p.index)
+    own = reps[reps["strategy"] == strategy].set_index("replicate").sort_index()
+    ref = reps[reps["strategy"] == "target"].set_index("replicate")
+    own = own.assign(reference_loss=ref["loss"].reindex(own.index))
+    r = pd.Series(regret_against_target(own), index=own.index)
     lo, hi = percentile_interval(r[r.index >= 0].to_numpy())
     return float(r.get(-1, np.nan)), lo, hi
 

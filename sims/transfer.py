@@ -1186,12 +1186,21 @@ def holdout_replicates(
     rates = _strategy_losses(summary, draws, target_width, evaluate, hold, proxies, ratio, theory)
     target, _ = _with_rate_errors(rates)
     rates["reference_loss"] = target["loss"].reindex(rates["replicate"]).to_numpy()
-    loss, ref = rates["loss"].to_numpy(float), rates["reference_loss"].to_numpy(float)
-    with np.errstate(invalid="ignore"):
-        regret = loss / ref - 1.0  # both diverged (on any seeds): inf/inf, unknown
-    same = (rates["err_log2_eta_a"] == 0) & (rates["err_log2_eta_b"] == 0)  # the very same runs
-    rates["regret"] = np.where(same.to_numpy(), 0.0, regret)
+    rates["regret"] = regret_against_target(rates)
     return rates
+
+
+def regret_against_target(rates: pd.DataFrame) -> np.ndarray:
+    """``L/L_ref − 1`` of rows with ``loss``, ``reference_loss`` (the target's tuned rates' loss
+    on the same seeds) and the rate errors against those rates: a diverged strategy (``inf``)
+    +∞, a diverged reference −100%, both diverged (or a loss unknown) NaN, and 0 for rates equal
+    to the target's (the very same runs, diverged or not)."""
+    loss = rates["loss"].to_numpy(float)
+    ref = rates["reference_loss"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        regret = loss / ref - 1.0  # inf/inf and NaN: unknown
+    same = (rates["err_log2_eta_a"] == 0) & (rates["err_log2_eta_b"] == 0)
+    return np.where(same.to_numpy(), 0.0, regret)
 
 
 def summarize_validation(

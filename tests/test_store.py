@@ -229,3 +229,53 @@ def test_a_file_without_its_checksum_is_refused(tmp_path: Path) -> None:
     pq.write_table(table.replace_schema_metadata({}), path)
     with pytest.raises(StoreError, match="bare.parquet"):
         store.read_job("bare")
+
+
+def test_a_skeleton_killed_before_its_spec_json_is_written_again(tmp_path: Path) -> None:
+    """A run killed while it wrote the store's skeleton (``spec.json`` comes last) leaves a
+    folder the same spec reopens: each prefix of the skeleton — nothing, an empty ``jobs/``, a
+    temporary file, the spec text, ``meta.json`` — is written again; a folder with anything
+    else, or with the skeleton of another sweep, is refused and left as it was."""
+    spec = parse_spec(SPEC)
+    full = Store.open_or_create(tmp_path / "full", spec).path
+    spec_file = "spec.toml"
+    assert (full / spec_file).read_text() == SPEC
+    prefixes = {
+        "jobs only": ["jobs"],
+        "temporary files": ["jobs", "jobs/.x.parquet.0a1b2c3d.tmp", ".meta.json.0a1b2c3d.tmp"],
+        "spec text": ["jobs", spec_file],
+        "meta": ["jobs", spec_file, "meta.json"],
+    }
+    for case, entries in prefixes.items():
+        out = tmp_path / case.replace(" ", "_")
+        out.mkdir()
+        for e in entries:
+            src = full / e
+            if e == "jobs":
+                (out / e).mkdir()
+            elif src.exists():
+                (out / e).write_bytes(src.read_bytes())
+            else:
+                (out / e).write_bytes(b"half")
+        store = Store.open_or_create(out, parse_spec(SPEC))
+        assert (out / "spec.json").is_file(), case
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in full.iterdir())
+        assert not any(store.jobs_dir.iterdir()), case  # the temporary files are gone
+        assert Store.open_or_create(out, parse_spec(SPEC)).path == out
+    other = SPEC.replace('name = "store"', 'name = "other"')
+    foreign = {
+        "a file of the user's": {"notes.txt": b"mine"},
+        "a result without a store": {"jobs": None, "jobs/abc.parquet": b"x"},
+        "another sweep's spec text": {"jobs": None, spec_file: other.encode()},
+        "another sweep's meta": {"meta.json": b'{"name": "other"}'},
+        "a meta.json that is not ours": {"meta.json": b"[1, 2]"},
+    }
+    for case, entries in foreign.items():
+        out = tmp_path / case.replace(" ", "_").replace("'", "")
+        out.mkdir()
+        for e, data in entries.items():
+            (out / e).mkdir() if data is None else (out / e).write_bytes(data)
+        before = sorted((p.relative_to(out), p.is_dir()) for p in out.rglob("*"))
+        with pytest.raises(StoreError, match="not empty and holds no sweep"):
+            Store.open_or_create(out, parse_spec(SPEC))
+        assert sorted((p.relative_to(out), p.is_dir()) for p in out.rglob("*")) == before, case

@@ -209,9 +209,10 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
 
     The jobs themselves take milliseconds once the kernels are compiled, so a fixed random delay
     either always lands in the start-up or lets the whole sweep finish, depending on the
-    machine. Each kill therefore comes at a random delay or, sooner, within a few milliseconds of
-    a new job file appearing (while the other worker is mid-job), whichever is first; after the
-    fifth kill only the second, so that some job always finishes before the last one."""
+    machine. The kills therefore take turns: at a random delay from the start (most land in the
+    start-up: the store's skeleton, the workers' imports), and within 30 ms of a new job file
+    appearing (while the other worker is mid-job or mid-write); after the fifth kill only the
+    latter, so that some job always finishes before the last one."""
     text = TINY.replace("widths = [64, 128, 256]", "widths = [512, 1024, 2048, 4096, 8192]")
     text = text.replace("steps = 3", "steps = 1500").replace("chunk = 2", "chunk = 1")
     spec_path = _spec(tmp_path, text)
@@ -227,14 +228,21 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
 
     for _ in range(30):
         before = n_done()
-        delay = rng.uniform(0.5, 4.0) if kills < 5 else 120.0
+        on_file = kills % 2 == 1 or kills >= 5
+        delay = rng.uniform(0.3, 4.0)
         jitter = rng.uniform(0.0, 0.03)
         proc = _start_sweep(spec_path, out)
         start = time.monotonic()
-        while time.monotonic() - start < delay and proc.poll() is None and n_done() == before:
+        while (
+            proc.poll() is None
+            and time.monotonic() - start < 300
+            and (n_done() == before if on_file else time.monotonic() - start < delay)
+        ):
             time.sleep(0.005)
-        time.sleep(jitter)
+        if on_file:
+            time.sleep(jitter)
         if proc.poll() is not None:  # finished before the kill
+            assert proc.returncode == 0, proc.stderr.read()
             break
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -268,14 +276,28 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     assert last["jobs_run"] == len(expected_keys - done_before)
 
 
+def _live_in_group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` that are alive (not zombies), from /proc."""
+    live = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            live.append(int(stat_file.parent.name))
+    return live
+
+
 def test_ctrl_c_stops_at_once_and_records_what_finished(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) during a sweep on
-    two local workers: the driver exits with 130 within seconds (the jobs left would take over
-    half a minute on two cores: 100,000 steps a job, 3-8 s each), no job file appears after it
-    has gone, and the run's record counts exactly the files it wrote and says it was
-    interrupted."""
+    two local workers: the driver exits with 130 within seconds — and so do its workers (no
+    process of the group is left alive): a running job is not waited for (300,000 steps a job,
+    10-25 s each on two cores) — no job file appears after it has gone, and the run's record
+    counts exactly the files it wrote and says it was interrupted."""
     text = TINY.replace("widths = [64, 128, 256]", "widths = [4096, 8192, 16384]")
-    text = text.replace("steps = 3", "steps = 100000").replace("chunk = 2", "chunk = 1")
+    text = text.replace("steps = 3", "steps = 300000").replace("chunk = 2", "chunk = 1")
     spec_path = _spec(tmp_path, text)
     out = tmp_path / "out"
     proc = _start_sweep(spec_path, out)
@@ -287,6 +309,10 @@ def test_ctrl_c_stops_at_once_and_records_what_finished(tmp_path: Path) -> None:
     t0 = time.monotonic()
     proc.wait(timeout=60)
     seconds = time.monotonic() - t0
+    if Path("/proc/self/stat").is_file():  # Linux: the workers are gone too
+        while _live_in_group(proc.pid) and time.monotonic() - t0 < seconds + 2:
+            time.sleep(0.05)
+        assert not _live_in_group(proc.pid), "a worker outlived the driver"
     err = proc.stderr.read()
     written = Store(out).done_keys()
     time.sleep(2.0)

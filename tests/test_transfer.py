@@ -766,26 +766,32 @@ def test_the_averaged_gd_task_judges_each_run_by_the_area_under_its_curve() -> N
 
 def test_like_for_like_regret_against_the_targets_own_run() -> None:
     """(f) against the target's tuned rates run on the same seeds: the point from replicate −1,
-    the percentile interval over the others; (f) diverged → +∞, the reference diverged → −100%,
-    both → left out of the interval."""
+    the percentile interval over the others, with the held-out reading's conventions — (f)
+    diverged → +∞, the reference diverged → −100%, both diverged or a loss unknown → left out,
+    (f)'s rates equal to the target's → 0 whatever happened to them."""
     from loraplus_lab.sims import figures
 
-    f = [2.2, 1.0, 3.0, np.inf, 5.0, np.inf] + [1.5] * 16
-    t = [2.0, 2.0, 1.0, 1.0, np.inf, np.inf] + [1.0] * 16
-    reps = pd.DataFrame(
-        [{"replicate": r - 1, "strategy": s, "loss": v}
-         for r, (a, b) in enumerate(zip(f, t, strict=True)) for s, v in (("f", a), ("target", b))]
-    )  # fmt: skip
-    point, lo, hi = figures.like_for_like(reps)
+    def frame(f, t, same=()):
+        return pd.DataFrame(
+            [{"replicate": r - 1, "strategy": s, "loss": v,
+              "err_log2_eta_a": 0.0 if s == "target" or r - 1 in same else 0.5,
+              "err_log2_eta_b": 0.0}
+             for r, (a, b) in enumerate(zip(f, t, strict=True))
+             for s, v in (("f", a), ("target", b))]
+        )  # fmt: skip
+
+    f = [2.2, 1.0, 3.0, np.inf, 5.0, np.inf, np.nan] + [1.5] * 16
+    t = [2.0, 2.0, 1.0, 1.0, np.inf, np.inf, np.inf] + [1.0] * 16
+    point, lo, hi = figures.like_for_like(frame(f, t))
     assert point == pytest.approx(0.1, rel=1e-12)
-    boot = np.array([-0.5, 2.0, np.inf, -1.0] + [0.5] * 16)  # both diverged: left out
+    boot = np.array([-0.5, 2.0, np.inf, -1.0] + [0.5] * 16)  # both diverged, NaN: left out
     assert (lo, hi) == tuple(np.quantile(boot, [0.025, 0.975], method="inverted_cdf"))
     assert (lo, hi) == (-1.0, np.inf)  # 20 known: the lowest and the highest
-    both = pd.DataFrame(
-        [{"replicate": r, "strategy": s, "loss": np.inf if r >= 10 else v}
-         for r in range(-1, 15) for s, v in (("f", 1.5), ("target", 1.0))]
-    )  # fmt: skip
+    both = frame([1.5] * 11 + [np.inf] * 5, [1.0] * 11 + [np.inf] * 5)
     assert figures.like_for_like(both) == (0.5, 0.5, 0.5)  # the 5 both-diverged left out
-    extreme = reps.assign(loss=np.where(reps["strategy"] == "f", np.inf, 1.0))
-    assert figures.like_for_like(extreme)[1:] == (np.inf, np.inf)
-    assert figures.like_for_like(reps[reps["strategy"] == "f"]) is None
+    same = frame([1.5] * 11 + [np.inf] * 5, [1.0] * 11 + [np.inf] * 5, same=range(10, 15))
+    point, lo, hi = figures.like_for_like(same)  # the same rates, diverged: 0, not unknown
+    assert point == 0.5 and lo == 0.0 and hi == 0.5
+    worse = frame([np.inf] * 16, [1.0] * 16)
+    assert figures.like_for_like(worse)[1:] == (np.inf, np.inf)
+    assert figures.like_for_like(worse[worse["strategy"] == "f"]) is None

@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from loraplus_lab.sims.checks import InputError
-from loraplus_lab.sims.files import atomic_write, git_commit, remove_partial, versions
+from loraplus_lab.sims.files import TMP_SUFFIX, atomic_write, git_commit, remove_partial, versions
 from loraplus_lab.sims.sweep import kinds
 
 _HASH_KEY = b"loraplus.sha256"
@@ -75,6 +75,10 @@ class Store:
     def open_or_create(cls, path: str | os.PathLike, spec: Any) -> Store:
         """Open the store of ``spec`` (a spec of any job kind) at ``path``, creating it if needed.
 
+        A skeleton that a killed run left half-written (no ``spec.json`` yet, and nothing but
+        the skeleton's own files: an empty ``jobs/``, the spec text, ``meta.json``, temporary
+        files) is written again.
+
         Raises :class:`StoreError` if the folder holds a different spec, or is a non-empty
         folder that is not a store.
         """
@@ -91,8 +95,11 @@ class Store:
                 )
             store.jobs_dir.mkdir(exist_ok=True)
             return store
-        if store.path.exists() and any(store.path.iterdir()):
+        if store.path.exists() and not store._half_made(kind.spec_file, spec.source, spec.name):
             raise StoreError(f"{store.path} is not empty and holds no sweep; choose another --out")
+        if store.path.exists():
+            remove_partial(store.path)
+            store.clean_partial()
         store.jobs_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(store.path / kind.spec_file, spec.source)
         meta = {
@@ -108,6 +115,35 @@ class Store:
         # spec.json last: its presence marks a complete store skeleton
         atomic_write(store.path / "spec.json", _json(wanted))
         return store
+
+    def _half_made(self, spec_file: str, source: str | bytes, name: str) -> bool:
+        """Whether the folder (without ``spec.json``) is empty or holds only what
+        :meth:`open_or_create` writes for this spec before ``spec.json``: a ``jobs/`` folder
+        with nothing but temporary files in it, ``spec_file`` holding ``source``, a ``meta.json``
+        of the sweep ``name``, and temporary files of :func:`atomic_write`. Anything else (a
+        file of the user's under one of these names included) is not ours to overwrite."""
+
+        def temporary(p: Path) -> bool:
+            return p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+
+        for p in self.path.iterdir():
+            if temporary(p):
+                continue
+            if p == self.jobs_dir:
+                ours = p.is_dir() and all(temporary(q) for q in p.iterdir())
+            elif p.name == spec_file:
+                text = source.encode() if isinstance(source, str) else source
+                ours = p.is_file() and p.read_bytes() == text
+            elif p.name == "meta.json":
+                try:
+                    ours = json.loads(p.read_text()).get("name") == name
+                except (OSError, ValueError, AttributeError):
+                    ours = False
+            else:
+                ours = False
+            if not ours:
+                return False
+        return True
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Store:
