@@ -262,6 +262,10 @@ def test_a_skeleton_killed_before_its_spec_json_is_written_again(tmp_path: Path)
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in full.iterdir())
         assert not any(store.jobs_dir.iterdir()), case  # the temporary files are gone
         assert Store.open_or_create(out, parse_spec(SPEC)).path == out
+    half = tmp_path / "half"
+    (half / "jobs").mkdir(parents=True)
+    with pytest.raises(StoreError, match="without --resume"):  # --resume opens, never creates
+        Store.open(half)
     other = SPEC.replace('name = "store"', 'name = "other"')
     foreign = {
         "a file of the user's": {"notes.txt": b"mine"},

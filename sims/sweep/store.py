@@ -150,6 +150,11 @@ class Store:
         """Open an existing store; :class:`StoreError` if ``path`` holds none."""
         store = cls(path)
         if not (store.path / "spec.json").is_file():
+            if store.jobs_dir.is_dir() or (store.path / "meta.json").is_file():
+                raise StoreError(
+                    f"{store.path} holds no sweep (no spec.json): a run was stopped while it "
+                    "created the folder; run the same command again without --resume"
+                )
             raise StoreError(f"{store.path} holds no sweep (no spec.json)")
         return store
 
