@@ -266,6 +266,11 @@ def test_a_skeleton_killed_before_its_spec_json_is_written_again(tmp_path: Path)
     (half / "jobs").mkdir(parents=True)
     with pytest.raises(StoreError, match="without --resume"):  # --resume opens, never creates
         Store.open(half)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="without --resume"):
+        Store.open(tmp_path / "empty")
+    with pytest.raises(StoreError, match="holds no sweep .there is no such folder"):
+        Store.open(tmp_path / "nowhere")
     other = SPEC.replace('name = "store"', 'name = "other"')
     foreign = {
         "a file of the user's": {"notes.txt": b"mine"},

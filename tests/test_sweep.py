@@ -517,3 +517,15 @@ def test_a_store_written_before_job_kinds_is_a_toy_store(tmp_path: Path, capsys)
     assert load(out).attrs["jobs_done"] == 3
     assert main(["sweep", "--resume", "--out", str(out), "--executor", "serial", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["jobs_run"] == 6
+
+
+def test_run_summary_counts_in_words() -> None:
+    """The one-line summary says "1 job run", "1 diverged run", "2 jobs run"."""
+    from loraplus_lab.sims.sweep.executors import RunSummary
+
+    one = RunSummary(Path("out"), "local", 1, 15, jobs_run=1, jobs_skipped=14, diverged_runs=1)
+    assert one.text().startswith("1 job run, 14 already done, 1 diverged run, ")
+    assert "(local, 1 worker)" in one.text()
+    two = RunSummary(Path("out"), "local", 2, 15, jobs_run=2, diverged_runs=0)
+    assert two.text().startswith("2 jobs run, 0 already done, 0 diverged runs, ")
+    assert "(local, 2 workers)" in two.text()

@@ -562,12 +562,22 @@ def test_transfer_command_prints_the_rule_and_the_rates(stores, capsys) -> None:
     text = capsys.readouterr().out
     assert "proxies n = 32, 64 (3 seeds" in text and "rule (blend): η_A = " in text
     assert "·n^" in text and "at n = 1024 (95% intervals):" in text and "λ   = " in text
+    assert "below every proxy" not in text
+    assert main(["transfer", str(stores["grid"]), "--width", "16"]) == 0
+    assert "warning: n = 16 lies below every proxy" in capsys.readouterr().out
     assert main(["transfer", str(stores["grid"]), "--width", "1024", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     df = tr.load_results(stores["grid"])
     rule, p = tr.predict(tr.optima_from_results(df), 1024)
     assert payload["prediction"]["log2_eta_a"] == pytest.approx(p.log2_eta_a, abs=1e-12)
     assert payload["rule"]["formula"] == rule.formula() and payload["optima"]["seeds"] == 3
+    optima = tr.optima_from_results(df)  # the per-width intervals the text prints, in the JSON
+    for k in range(len(optima.widths)):
+        for f, boot in (("a", optima.boot_u[:, k]), ("b", optima.boot_v[:, k])):
+            lo, hi = tr.percentile_interval(boot)
+            assert payload["optima"][f"log2_eta_{f}_low"][k] == pytest.approx(lo, abs=1e-12)
+            assert payload["optima"][f"log2_eta_{f}_high"][k] == pytest.approx(hi, abs=1e-12)
+            assert f"{lo:+.2f}, {hi:+.2f}]" in text
     # any mode, and a CSV of the same rows, give the same numbers as the library
     csv = stores["grid"].parent / "rows.csv"
     df.to_csv(csv, index=False)

@@ -92,7 +92,6 @@ def _interval(lo: float, hi: float) -> str:
 
 def report(optima: transfer.ProxyOptima, rule: transfer.ScalingRule, p: transfer.Prediction) -> str:
     """What ``loraplus-lab transfer`` prints."""
-    from loraplus_lab.sims import transfer
 
     seeds = f"{optima.seeds} seeds, " if optima.seeds else ""
     lines = [
@@ -100,16 +99,23 @@ def report(optima: transfer.ProxyOptima, rule: transfer.ScalingRule, p: transfer
         f"{optima.n_boot} replicates)",
         "optimum per width: log2 η_A*, log2 η_B* (95% percentile over the replicates)",
     ]
-    for k, w in enumerate(optima.widths):
-        iv = []
-        for boot in (optima.boot_u[:, k], optima.boot_v[:, k]):
-            lo, hi = transfer.percentile_interval(boot)
-            iv.append(f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else "")
+    for k, (w, (lo_u, hi_u, lo_v, hi_v)) in enumerate(
+        zip(optima.widths, optima_intervals(optima), strict=True)
+    ):
+        iv = [
+            f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else ""
+            for lo, hi in ((lo_u, hi_u), (lo_v, hi_v))
+        ]
         lines.append(f"  n = {w:<7g} {optima.u[k]:+7.2f} {iv[0]:<17} {optima.v[k]:+7.2f} {iv[1]}")
     for w in optima.widths[optima.at_edge]:
         lines.append(
             f"  warning: at n = {w:g} the optimum lies on the grid's edge: a bound, not an "
             "estimate (widen the grid there)"
+        )
+    if p.width < min(optima.widths):
+        lines.append(
+            f"  warning: n = {p.width:g} lies below every proxy: the rule is extrapolated "
+            "downward, where a width small enough to tune directly is usually cheaper"
         )
     if len(optima.widths) == 2:
         lines.append(
@@ -132,6 +138,24 @@ def report(optima: transfer.ProxyOptima, rule: transfer.ScalingRule, p: transfer
     return "\n".join(lines)
 
 
+def optima_intervals(optima: transfer.ProxyOptima) -> list[tuple[float, float, float, float]]:
+    """Per proxy width, the 95% percentile intervals of ``log2 η_A*`` and ``log2 η_B*`` over the
+    replicates (:func:`transfer.percentile_interval`): ``(low_A, high_A, low_B, high_B)``, NaN
+    where too few replicates are known."""
+    from loraplus_lab.sims import transfer
+
+    return [
+        (*transfer.percentile_interval(optima.boot_u[:, k]),
+         *transfer.percentile_interval(optima.boot_v[:, k]))
+        for k in range(len(optima.widths))
+    ]  # fmt: skip
+
+
+def _finite_or_none(values) -> list[float | None]:
+    """JSON has no NaN: unknown values become null."""
+    return [float(x) if math.isfinite(x) else None for x in values]
+
+
 def cmd_transfer(args: argparse.Namespace) -> int:
     """Predict the rates at ``--width`` from the landscapes in ``STORE``."""
     optima, rule, p = predict_from_store(
@@ -145,6 +169,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.json:
+        iv = list(zip(*optima_intervals(optima), strict=True))  # low_A, high_A, low_B, high_B
         payload = {
             "store": str(args.store),
             "width": args.width,
@@ -154,6 +179,12 @@ def cmd_transfer(args: argparse.Namespace) -> int:
                 "widths": optima.widths.tolist(),
                 "log2_eta_a": optima.u.tolist(),
                 "log2_eta_b": optima.v.tolist(),
+                **{
+                    f"log2_eta_{f}_{side}": _finite_or_none(iv[j])
+                    for j, (f, side) in enumerate(
+                        (("a", "low"), ("a", "high"), ("b", "low"), ("b", "high"))
+                    )
+                },
                 "at_edge": optima.at_edge.tolist(),
                 "seeds": optima.seeds,
                 "replicates": optima.n_boot,

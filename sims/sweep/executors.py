@@ -72,9 +72,13 @@ class RunSummary:
 
     def text(self) -> str:
         """A short human summary."""
+
+        def n(k: int, what: str) -> str:
+            return f"{k} {what}{'' if k == 1 else 's'}"
+
         return (
-            f"{self.jobs_run} jobs run, {self.jobs_skipped} already done, "
-            f"{self.diverged_runs} diverged runs, {self.seconds:.1f} s "
+            f"{n(self.jobs_run, 'job')} run, {self.jobs_skipped} already done, "
+            f"{n(self.diverged_runs, 'diverged run')}, {self.seconds:.1f} s "
             f"({self.executor}, {self.workers} worker{'s' if self.workers != 1 else ''}); "
             f"results in {self.path}"
         )

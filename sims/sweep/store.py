@@ -150,10 +150,16 @@ class Store:
         """Open an existing store; :class:`StoreError` if ``path`` holds none."""
         store = cls(path)
         if not (store.path / "spec.json").is_file():
-            if store.jobs_dir.is_dir() or (store.path / "meta.json").is_file():
+            if not store.path.exists():
+                raise StoreError(f"{store.path} holds no sweep (there is no such folder)")
+            if store.path.is_dir() and (
+                store.jobs_dir.is_dir()
+                or (store.path / "meta.json").is_file()
+                or not any(store.path.iterdir())
+            ):
                 raise StoreError(
-                    f"{store.path} holds no sweep (no spec.json): a run was stopped while it "
-                    "created the folder; run the same command again without --resume"
+                    f"{store.path} holds no sweep (no spec.json): if a run was stopped while it "
+                    "created the folder, run the same command again without --resume"
                 )
             raise StoreError(f"{store.path} holds no sweep (no spec.json)")
         return store
