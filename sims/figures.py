@@ -1060,12 +1060,26 @@ def report_twolayer(df: pd.DataFrame) -> str:
     return twolayer_table(df).round(3).to_string(index=False)
 
 
+def _pct(value: float, low: float, high: float) -> str:
+    """A regret and its interval as printed: ``+3.4% [-11.5, +90.1]`` (fractions in, % out)."""
+    return f"{100 * value:+.1f}% [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def _regret_list(rows: pd.DataFrame) -> str:
+    """``(a) +x% [lo, hi]; (b) diverged; …`` for strategy rows of a validation table."""
+    return "; ".join(
+        f"({r.strategy}) "
+        + ("diverged" if np.isposinf(r.regret) else _pct(r.regret, r.regret_low, r.regret_high))
+        for r in rows.itertuples()
+    )
+
+
 def _strategy_line(r) -> str:
     """One strategy's regret and rate errors with their intervals, in words."""
     if np.isposinf(r.regret):
         reg = "diverged"
     else:
-        reg = f"{100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, {100 * r.regret_high:+.1f}]"
+        reg = _pct(r.regret, r.regret_low, r.regret_high)
     return (
         f"({r.strategy}) {reg}; Δlog2 η_A {r.err_log2_eta_a:+.2f} "
         f"[{r.err_log2_eta_a_low:+.2f}, {r.err_log2_eta_a_high:+.2f}], Δlog2 η_B "
@@ -1109,7 +1123,7 @@ def report_transfer(df: pd.DataFrame) -> str:
         if like is not None:
             lines.append(
                 "  in-sample against the target's tuned rates run on the same seeds (not its best "
-                f"cell): (f) {100 * like[0]:+.1f}% [{100 * like[1]:+.1f}, {100 * like[2]:+.1f}]"
+                f"cell): (f) {_pct(*like)}"
             )
         ho = d[d["kind"] == "holdout"]
         if len(ho):
@@ -1229,8 +1243,7 @@ def _transfer_verdict(st: pd.DataFrame, goal: float = 0.05) -> str:
             else:
                 below.append(f"not below ({o})")
         parts.append(
-            f"({key}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
-            f"{100 * r.regret_high:+.1f}]: {within}; " + ", ".join(below)
+            f"({key}) {_pct(r.regret, r.regret_low, r.regret_high)}: {within}; " + ", ".join(below)
         )
     return "  goal (LoRA+ transfer ≤ 5% and below (a), (c)): " + "; ".join(parts)
 
@@ -1242,13 +1255,7 @@ def measured_transfer(df: pd.DataFrame) -> str:
     for task in dict.fromkeys(df["task"]):
         st = df[(df["task"] == task) & (df["kind"] == "strategy") & (df["strategy"] != "target")]
         t = st.iloc[0]
-        regrets = "; ".join(
-            f"({r.strategy}) diverged"
-            if np.isposinf(r.regret)
-            else f"({r.strategy}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
-            f"{100 * r.regret_high:+.1f}]"
-            for r in st.itertuples()
-        )
+        regrets = _regret_list(st)
         f = st.set_index("strategy").loc["f"] if "f" in set(st["strategy"]) else None
         off = (
             f"; the default's rates are {f.err_log2_eta_a:+.2f} and {f.err_log2_eta_b:+.2f} "
@@ -1258,9 +1265,9 @@ def measured_transfer(df: pd.DataFrame) -> str:
         )
         own = df[(df["task"] == task) & (df["kind"] == "strategy") & (df["strategy"] == "target")]
         own_text = (
-            f"; tuning at the target itself, its fitted optimum run on the same seeds: "
-            f"{100 * own['regret'].iloc[0]:+.1f}% [{100 * own['regret_low'].iloc[0]:+.1f}, "
-            f"{100 * own['regret_high'].iloc[0]:+.1f}] (how far the best cell is luck)"
+            "; tuning at the target itself, its fitted optimum run on the same seeds: "
+            f"{_pct(*own[['regret', 'regret_low', 'regret_high']].iloc[0])} (how far the best "
+            "cell is luck)"
             if len(own)
             else ""
         )
@@ -1282,13 +1289,7 @@ def _holdout_caption(hall: pd.DataFrame) -> str:
     ho = hall[hall["strategy"] != "target"]
     if not len(ho):
         return ""
-    regrets = "; ".join(
-        f"({r.strategy}) diverged"
-        if np.isposinf(r.regret)
-        else f"({r.strategy}) {100 * r.regret:+.1f}% [{100 * r.regret_low:+.1f}, "
-        f"{100 * r.regret_high:+.1f}]"
-        for r in ho.itertuples()
-    )
+    regrets = _regret_list(ho)
     text = (
         f"; on {int(ho['holdout_seeds'].iloc[0])} held-out seeds against the target's tuned "
         f"rates run there: {regrets}"
