@@ -774,6 +774,43 @@ def test_the_averaged_gd_task_judges_each_run_by_the_area_under_its_curve() -> N
         figures.mean_over_steps(full[full["step"] != 3])
 
 
+@pytest.mark.parametrize(
+    ("index", "runner", "optimizer", "options"),
+    [(5, "run_linear_gd_long_mean", "gd", "LINEAR_GD_TASK"),
+     (6, "run_linear_long_mean", "adam", "LINEAR_TASK")],
+)  # fmt: skip
+def test_the_long_tasks_average_64_steps_of_their_own_optimizer(
+    index: int, runner: str, optimizer: str, options: str
+) -> None:
+    """The sixth and seventh tasks train T = 64 steps under their optimizer and judge each run
+    by its test loss averaged over steps 1 … 64 of those very runs; their tuning seeds are
+    0 … 15 (fast: 0, 1) whatever the landscape figures use."""
+    from loraplus_lab.sims import figures
+    from loraplus_lab.sims.toy import simulate_batch
+
+    task = figures.TRANSFER_TASKS[index]
+    run = getattr(figures, runner)
+    assert task.run is run and task.seeds == (2, 16) and task.holdout == (3, 256)
+    assert figures.LONG_STEPS == 64
+    params = [Parametrization("lo", 2.0**-7, 2.0**-3, 0, 0), Parametrization("hi", 2.0, 4.0, 0, 0)]
+    seeds = [0, 1]
+    got = run([64], params, True, seeds=seeds)
+    full = simulate_batch(
+        [64], params, seeds, steps=64, problem="general",
+        problem_options=getattr(figures, options), optimizer=optimizer, chunk=4096 // len(seeds),
+    )  # fmt: skip
+    assert (got["step"] == 64).all() and len(got) == len(params) * len(seeds)
+    for row in got.itertuples():
+        curve = full[(full["param"] == row.param) & (full["seed"] == row.seed)]
+        curve = curve.sort_values("step")["test_loss"].to_numpy()[1:]
+        assert len(curve) == 64
+        if row.diverged:
+            assert np.isnan(row.test_loss)
+        else:
+            assert row.test_loss == pytest.approx(curve.mean(), rel=1e-12)
+    assert np.isfinite(got.loc[got["param"] == "lo", "test_loss"]).all()
+
+
 def test_like_for_like_regret_against_the_targets_own_run() -> None:
     """(f) against the target's tuned rates run on the same seeds: the point from replicate −1,
     the percentile interval over the others, with the held-out reading's conventions — (f)
