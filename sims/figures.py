@@ -1663,7 +1663,10 @@ FIGURES: dict[str, FigureSpec] = {
             "two-layer net (two octaves), the GD task again with 64 tuning seeds instead of "
             "16 (added after the 16-seed task's results, fixed before its own), and the 16-seed "
             "GD task judged by the test loss averaged over its 8 steps instead of at the last "
-            "(added after the 64-seed task's results, fixed before its own). Strategies: "
+            "(added after the 64-seed task's results, fixed before its own); then the linear task "
+            "under GD and under Adam trained 64 steps, each run judged by its test loss averaged "
+            "over them, 16 tuning seeds (added after the fifth task's results, chosen by a pilot "
+            "on seeds no task uses, fixed before their own run). Strategies: "
             "(a) equal rates tuned at the widest proxy, "
             "carried over; (b) the same scaled like 1/n; (c) λ = 16 with η_A tuned at the widest "
             "proxy, carried over; LoRA+ transfer with (d) the theory's exponents (−1, 0), "
@@ -1797,8 +1800,8 @@ def readme_text(
             "# Figures",
             "",
             "Every figure here is regenerated from nothing by `loraplus-lab figures`: the toy "
-            "figures in minutes on two CPU cores (`transfer` more than an hour, 9 minutes "
-            "without its 64-seed GD task), the three `real_*` figures "
+            "figures in minutes on two CPU cores (`transfer` about 80 minutes: its first five "
+            "tasks 18, its 64-step Adam and GD tasks 18 and 42), the three `real_*` figures "
             "of the pretrained ladder in about an hour from an empty model cache (60 min on the "
             "project's idle 2-core machine) and in seconds once the cache (`$LORAPLUS_CACHE`, "
             "default `~/.cache/loraplus-lab`) holds the ladder's runs. "
