@@ -68,6 +68,8 @@ EXPECTED = {
         "goal, held out (LoRA+ transfer ≤ 5% and below (a), (c)): (f)",
         "linear, GD: proxies n = ",
         "adjacent cells, a quarter octave apart, differ by a factor",
+        "linear, GD, 64 steps, loss averaged over steps: proxies n = 128,256,512",
+        "(f) against the target's tuned rates run on the same seeds -1.4% [-7.4%, +3.1%]",
         "tuned at n = ∞, per seed set:",
         "at n = 4096 (95% intervals):",
         "exit status 0",
