@@ -243,13 +243,13 @@ LONG_STEPS = 64
 
 def linear_long_params(fast: bool) -> list[Parametrization]:
     """The rates of the long-horizon Adam task: a half-octave 31 × 31 grid 2^-16 … 2^-1 (fast:
-    8 × 8, two octaves apart) and an equal-rate line of quarter octaves (fast: half)."""
+    8 × 8, two octaves apart) and an equal-rate line of quarter octaves (fast: half octaves)."""
     return _linear_params(-16, -1, 2.0, 0.5) if fast else _linear_params(-16, -1, 0.5, 0.25)
 
 
 def linear_gd_long_params(fast: bool) -> list[Parametrization]:
     """The rates of the long-horizon GD task: a half-octave 37 × 37 grid 2^-16 … 2^2 (fast:
-    10 × 10, two octaves apart) and an equal-rate line of quarter octaves (fast: half)."""
+    10 × 10, two octaves apart) and an equal-rate line of quarter octaves (fast: half octaves)."""
     return _linear_params(-16, 2, 2.0, 0.5) if fast else _linear_params(-16, 2, 0.5, 0.25)
 
 
@@ -548,8 +548,9 @@ class TransferTask:
     seeds: tuple[int, int] = (0, 0)
 
 
-#: The tasks of the `transfer` figure: the same grids, seeds and runners as the landscape figures
-#: (where a width is shared, the runs are the same runs). The linear tasks predict a target four
+#: The tasks of the `transfer` figure: the first five with the same grids, seeds and runners as
+#: the landscape figures (where a width is shared, the runs are the same runs); the last two
+#: their own (below). The linear tasks predict a target four
 #: octaves above the widest proxy; the two-layer net, whose runs cost far more, two.
 #:
 #: Held-out validation (fixed before it was first run): the linear tasks are also judged on 256

@@ -782,9 +782,9 @@ def test_the_averaged_gd_task_judges_each_run_by_the_area_under_its_curve() -> N
 def test_the_long_tasks_average_64_steps_of_their_own_optimizer(
     index: int, runner: str, optimizer: str, options: str
 ) -> None:
-    """The sixth and seventh tasks train T = 64 steps under their optimizer and judge each run
-    by its test loss averaged over steps 1 … 64 of those very runs; their tuning seeds are
-    0 … 15 (fast: 0, 1) whatever the landscape figures use."""
+    """The sixth and seventh tasks, as registered: T = 64 steps under their optimizer, each run
+    judged by its test loss averaged over steps 1 … 64 of those very runs (NaN where it
+    diverged), tuning seeds 0 … 15 (fast: 0, 1), their proxies, targets and half-octave grids."""
     from loraplus_lab.sims import figures
     from loraplus_lab.sims.toy import simulate_batch
 
@@ -792,6 +792,14 @@ def test_the_long_tasks_average_64_steps_of_their_own_optimizer(
     run = getattr(figures, runner)
     assert task.run is run and task.seeds == (2, 16) and task.holdout == (3, 256)
     assert figures.LONG_STEPS == 64
+    proxies, target, lo, hi = {
+        5: ((128, 256, 512), 8192, -16, 2), 6: ((64, 128, 256), 4096, -16, -1)
+    }[index]  # fmt: skip
+    assert task.proxies[1] == proxies and task.target[1] == target
+    grid = [p for p in task.params(False) if not p.name.startswith("diag")]
+    u = np.unique(np.log2([p.eta_a for p in grid]))
+    np.testing.assert_allclose(u, np.arange(lo, hi + 0.01, 0.5), rtol=0, atol=1e-12)
+    assert len(grid) == len(u) ** 2
     params = [Parametrization("lo", 2.0**-7, 2.0**-3, 0, 0), Parametrization("hi", 2.0, 4.0, 0, 0)]
     seeds = [0, 1]
     got = run([64], params, True, seeds=seeds)
@@ -808,7 +816,9 @@ def test_the_long_tasks_average_64_steps_of_their_own_optimizer(
             assert np.isnan(row.test_loss)
         else:
             assert row.test_loss == pytest.approx(curve.mean(), rel=1e-12)
+            assert row.test_loss != pytest.approx(curve[-1], rel=1e-3)  # not the last step
     assert np.isfinite(got.loc[got["param"] == "lo", "test_loss"]).all()
+    assert got.loc[got["param"] == "hi", "diverged"].all() == (optimizer == "gd")
 
 
 def test_like_for_like_regret_against_the_targets_own_run() -> None:
