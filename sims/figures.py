@@ -118,7 +118,7 @@ def linear_params(fast: bool) -> list[Parametrization]:
     return _linear_params(-14, -2, 2.0, 0.5) if fast else _linear_params(-16, -1, 1.0, 0.25)
 
 
-def _linear_last_step(
+def _linear_runs(
     widths: list[int],
     params: list[Parametrization],
     seeds: Sequence[int],
@@ -187,9 +187,7 @@ def _run_linear_task(
         seeds, chunk = own, 256 if optimizer == "gd" else None
     else:
         chunk = max(1, 4096 // len(seeds))
-    return _linear_last_step(
-        widths, params, seeds, task, optimizer, chunk, average=average, steps=steps
-    )
+    return _linear_runs(widths, params, seeds, task, optimizer, chunk, average=average, steps=steps)
 
 
 def run_linear(
@@ -295,7 +293,7 @@ def _curve_rows(
     widths: list[int], params: list[Parametrization], seeds: range, optimizer: str
 ) -> pd.DataFrame:
     task = linear_setup(False, optimizer)[2]
-    df = _linear_last_step(widths, params, seeds, task, optimizer, 512)
+    df = _linear_runs(widths, params, seeds, task, optimizer, 512)
     df["rule"] = df["param"].str.split("|").str[0]
     df["log2_eta"] = np.log2(df["eta_a_base"].to_numpy(float))
     return df
@@ -386,7 +384,7 @@ def refine_linear_landscape(
                 Parametrization(f"fine{i}_{j}", 2.0 ** (cu + a), 2.0 ** (cv + b), 0, 0)
                 for (i, a), (j, b) in itertools.product(enumerate(offsets), enumerate(offsets))
             ]
-            df = _linear_last_step([s.width], params, seeds, task, optimizer, 512)
+            df = _linear_runs([s.width], params, seeds, task, optimizer, 512)
             (w,) = landscape.surfaces(df, loss="test_loss")
             o = landscape.find_optimum(w.u, w.v, w.mean(), smooth=0)
             if not o.at_edge:
@@ -1142,20 +1140,6 @@ def _regret_list(rows: pd.DataFrame) -> str:
         f"({r.strategy}) "
         + ("diverged" if np.isposinf(r.regret) else _pct(r.regret, r.regret_low, r.regret_high))
         for r in rows.itertuples()
-    )
-
-
-def _strategy_line(r) -> str:
-    """One strategy's regret and rate errors with their intervals, in words."""
-    if np.isposinf(r.regret):
-        reg = "diverged"
-    else:
-        reg = _pct(r.regret, r.regret_low, r.regret_high)
-    return (
-        f"({r.strategy}) {reg}; Δlog2 η_A {r.err_log2_eta_a:+.2f} "
-        f"[{r.err_log2_eta_a_low:+.2f}, {r.err_log2_eta_a_high:+.2f}], Δlog2 η_B "
-        f"{r.err_log2_eta_b:+.2f} [{r.err_log2_eta_b_low:+.2f}, {r.err_log2_eta_b_high:+.2f}]"
-        + (f"; diverged in {100 * r.diverged:.0f}% of resamples" if r.diverged > 0 else "")
     )
 
 

@@ -92,7 +92,6 @@ def _interval(lo: float, hi: float) -> str:
 
 def report(optima: transfer.ProxyOptima, rule: transfer.ScalingRule, p: transfer.Prediction) -> str:
     """What ``loraplus-lab transfer`` prints."""
-
     seeds = f"{optima.seeds} seeds, " if optima.seeds else ""
     lines = [
         f"proxies n = {', '.join(f'{w:g}' for w in optima.widths)} ({seeds}{optima.source}; "
